@@ -1,0 +1,39 @@
+"""What the application needs to know about an agent, registered under ``zoo.agents``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from core.envs import ObservationKind
+from core.registry import Registry
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent as the CLI sees it.
+
+    :param name: registry name (``zoo train NAME``)
+    :param algorithm: the SB3-style algorithm class; its constructor signature is the config schema
+    :param summary: one line for ``zoo list``
+    :param action_spaces: action-space types the agent supports
+    :param image_policy: policy name for image observations
+    :param vector_policy: policy name for vector observations
+    :param value_based: whether ``zoo eval`` can report the Q-value overestimation gap
+    """
+
+    name: str
+    algorithm: type[BaseAlgorithm]
+    summary: str
+    action_spaces: tuple[type[spaces.Space], ...]
+    image_policy: str = "CnnPolicy"
+    vector_policy: str = "MlpPolicy"
+    value_based: bool = False
+
+    def policy_for(self, kind: ObservationKind) -> str:
+        return self.image_policy if kind == "image" else self.vector_policy
+
+
+AGENTS: Registry[AgentSpec] = Registry("zoo.agents", "agent")

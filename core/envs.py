@@ -1,0 +1,93 @@
+"""Env families: how an env id becomes a training VecEnv, an evaluation env, and what it observes.
+
+An env family (classic control, Atari, MuJoCo, a third party's) is an :class:`EnvFamily` instance
+registered under the ``zoo.envs`` entry-point group. The application finds the family that owns an
+env id, validates the family's options with its pydantic model, then asks it for environments.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import gymnasium as gym
+from pydantic import BaseModel, ConfigDict
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
+
+from core.errors import UsageError, did_you_mean
+from core.registry import Registry
+
+ObservationKind = Literal["image", "vector"]
+
+
+class EnvOptions(BaseModel):
+    """Options every family accepts; families subclass this with their own fields.
+
+    :param env_kwargs: extra keyword arguments passed to ``gymnasium.make``
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    env_kwargs: dict[str, Any] = {}
+
+
+class EnvFamily(ABC):
+    """A group of env ids built the same way.
+
+    Subclasses set ``name``, ``observation_kind`` and ``Options`` and implement
+    :meth:`env_ids` and :meth:`make_env`. :meth:`make_vec_env` defaults to a monitored DummyVecEnv of
+    :meth:`make_env`; a family overrides it where a faster native vector env exists.
+    """
+
+    name: str
+    observation_kind: ObservationKind
+    Options: type[EnvOptions] = EnvOptions
+    summary: str = ""
+
+    @abstractmethod
+    def env_ids(self) -> list[str]:
+        """The env ids this family exposes (each passes gymnasium's env checker)."""
+
+    def owns(self, env_id: str) -> bool:
+        """Whether ``env_id`` belongs to this family."""
+        return env_id in self.env_ids()
+
+    @abstractmethod
+    def make_env(
+        self,
+        env_id: str,
+        *,
+        options: EnvOptions,
+        training: bool,
+        seed: int | None = None,
+        render_mode: str | None = None,
+    ) -> gym.Env:
+        """One environment. ``training=True`` applies training-only changes (Atari: life loss as
+        episode end, reward clipping); ``training=False`` is the evaluation protocol (full games,
+        raw scores). Observations are what the agent sees (Atari: stacked 84x84 frames)."""
+
+    def make_vec_env(
+        self, env_id: str, *, options: EnvOptions, n_envs: int, seed: int, training: bool
+    ) -> VecEnv:
+        """``n_envs`` environments seeded ``seed, seed+1, ...`` as an SB3 VecEnv whose
+        ``info["episode"]`` carries the true (unclipped, whole-game) episode return and length."""
+
+        def factory(rank: int) -> Any:
+            return lambda: self.make_env(env_id, options=options, training=training, seed=seed + rank)
+
+        vec_env = DummyVecEnv([factory(rank) for rank in range(n_envs)])
+        vec_env.seed(seed)
+        return VecMonitor(vec_env)
+
+
+ENV_FAMILIES: Registry[EnvFamily] = Registry("zoo.envs", "env family")
+
+
+def family_for(env_id: str) -> EnvFamily:
+    """The family that owns ``env_id``; unknown ids raise :class:`UsageError` with a suggestion."""
+    all_ids: list[str] = []
+    for _, family in ENV_FAMILIES.items():
+        if family.owns(env_id):
+            return family
+        all_ids.extend(family.env_ids())
+    raise UsageError(f"unknown env id '{env_id}'{did_you_mean(env_id, all_ids)}; `zoo list` shows them")
