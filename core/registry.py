@@ -49,7 +49,9 @@ class Registry(Generic[T]):
             point = self._points().get(name)
             if point is None:
                 known = ", ".join(self.names()) or "none installed"
-                raise UsageError(f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; known: {known}")
+                raise UsageError(
+                    f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; known: {known}"
+                )
             self._loaded[name] = point.load()
         return self._loaded[name]
 

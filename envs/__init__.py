@@ -1,0 +1,41 @@
+"""Env families of the zoo (classic control, Atari, MuJoCo), registered under ``zoo.envs``.
+
+Each module defines an :class:`core.envs.EnvFamily` instance ``FAMILY``; heavy imports (ale_py,
+mujoco) happen inside its methods, so importing a family module is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from core.errors import UsageError
+
+
+def make_registered_env(
+    env_id: str, *, env_kwargs: dict[str, Any], render_mode: str | None, **defaults: Any
+) -> gym.Env:
+    """``gymnasium.make(env_id)`` with ``defaults`` overridden by the user's ``env_kwargs``.
+
+    A keyword the env does not accept raises :class:`UsageError`.
+    """
+    kwargs = {**defaults, **env_kwargs}
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = gym.make(env_id, **kwargs)
+    except TypeError as error:
+        raise UsageError(f"{env_id}: bad env_kwargs {sorted(env_kwargs)}: {error}") from error
+    return env
+
+
+def seed_env(env: gym.Env, seed: int | None) -> gym.Env:
+    """Reset ``env`` once with ``seed`` and seed its action space (no-op when ``seed`` is None).
+
+    Later unseeded ``reset()`` calls then continue one reproducible stream.
+    """
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
