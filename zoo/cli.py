@@ -1,0 +1,300 @@
+"""The ``zoo`` command line: list, train, eval, config show/validate.
+
+Exit codes: 0 success; 2 usage or config error (one line naming the bad key or value); 1 runtime
+failure (one readable line; the traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core.errors import UsageError, ZooError
+
+app = typer.Typer(
+    name="zoo",
+    help="Train, evaluate and compare RL agents (SC-DQN, BRAC, NAC, VPN, EPG, preference rewards).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Show or validate configurations.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command("list")
+def list_command() -> None:
+    """List agents, env families and the env ids they expose."""
+    from core.agents import AGENTS
+    from core.envs import ENV_FAMILIES
+
+    agents = Table(title="agents", show_edge=False)
+    agents.add_column("name", style="bold")
+    agents.add_column("actions")
+    agents.add_column("summary")
+    for name, spec in AGENTS.items():
+        agents.add_row(name, ", ".join(s.__name__ for s in spec.action_spaces), spec.summary)
+    console.print(agents)
+    families = Table(title="env families", show_edge=False)
+    families.add_column("family", style="bold")
+    families.add_column("observations")
+    families.add_column("env ids")
+    for name, family in ENV_FAMILIES.items():
+        ids = family.env_ids()
+        shown = ", ".join(ids if len(ids) <= 12 else [*ids[:12], f"... ({len(ids)} in all)"])
+        families.add_row(name, family.observation_kind, shown)
+    console.print(families)
+
+
+def _user_configs(config: Path | None) -> tuple[list, dict | None]:
+    """A ``--config`` file is either zoo.yaml-shaped (an overlay) or a run's resolved config.yaml."""
+    from zoo.config import ConfigFile, is_run_config, load_yaml
+
+    if config is None:
+        return [], None
+    data = load_yaml(config)
+    if is_run_config(data):
+        return [], data
+    return [ConfigFile(data, str(config))], None
+
+
+@app.command()
+def train(
+    agent: Annotated[str | None, typer.Argument(help="Agent name (see `zoo list`).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Env id, e.g. CartPole-v1 or ALE/Pong-v5.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total env steps (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (GPU when present), cpu or cuda.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="zoo.yaml-shaped overlay, or RUN/config.yaml to reproduce a run."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: --set beta=2 --set env.repeat_action_probability=0."),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--run-dir", help="Exact folder of the new run (default runs/<agent>/<env>/<time>-s<seed>)."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue RUN from its newest complete checkpoint.")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Env steps between evaluations (0: only at the end).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Env steps between checkpoints (0: only at the end).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train AGENT on --env into a new run folder (or --resume one)."""
+    from zoo import config as cfg
+    from zoo import runner, runs
+
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
+    overrides = list(set_ or [])
+    if eval_every is not None:
+        overrides.append(f"eval_every={eval_every}")
+    if checkpoint_every is not None:
+        overrides.append(f"checkpoint_every={checkpoint_every}")
+    if steps is not None and steps <= 0:
+        raise UsageError(f"--steps {steps}: must be a positive number of env steps")
+
+    if resume is not None:
+        if agent or env or config or overrides or run_dir or seed is not None:
+            raise UsageError(
+                "--resume takes the run's own config; only --steps, --device and --quiet may be added"
+            )
+        run_config = runs.open_run(resume)
+        updates: dict = {}
+        if steps is not None:
+            updates["steps"] = steps
+        if device is not None:
+            updates["device"] = device
+        if updates:
+            run_config = run_config.model_copy(update=updates)
+            (resume / "config.yaml").write_text(cfg.dump_config(run_config))
+        target = resume
+    else:
+        overlays, reproduced = _user_configs(config)
+        if reproduced is not None:
+            if agent or env:
+                raise UsageError("--config RUN/config.yaml fixes the agent and env; do not pass them again")
+            run_config = cfg.load_run_config(config)  # type: ignore[arg-type]
+            updates = {
+                k: v for k, v in {"steps": steps, "seed": seed, "device": device}.items() if v is not None
+            }
+            if overrides:
+                raise UsageError(
+                    "--set cannot be combined with a run's config.yaml; edit a copy of it instead"
+                )
+            run_config = run_config.model_copy(update=updates)
+        else:
+            if agent is None or env is None:
+                raise UsageError(
+                    "zoo train needs an AGENT and --env ENV_ID (or --config RUN/config.yaml, or --resume RUN)"
+                )
+            run_config = cfg.resolve(
+                agent,
+                env,
+                seed=seed or 0,
+                device=device or "auto",
+                config_files=overlays,
+                overrides=overrides,
+                steps=steps,
+            )
+        runner.resolve_device(run_config.device)
+        target = run_dir if run_dir is not None else runs.new_run_dir(run_config)
+        runs.create_run_dir(target, run_config, "zoo " + shlex.join(sys.argv[1:]))
+
+    runner.resolve_device(run_config.device)
+    if not quiet:
+        console.print(
+            f"[bold]{run_config.agent}[/] on [bold]{run_config.env}[/], seed {run_config.seed}, "
+            f"{run_config.steps} steps -> {target}"
+        )
+    outcome = runner.train(run_config, target, console=console, quiet=quiet, resume=resume is not None)
+    if outcome.status == "interrupted":
+        console.print(
+            f"interrupted at step {outcome.steps}; checkpoint saved. Resume with:\n"
+            f"  zoo train --resume {target}"
+        )
+        return
+    if outcome.final_eval is not None:
+        console.print(
+            f"finished {outcome.steps} steps; greedy return {outcome.final_eval:.2f} "
+            f"over {run_config.eval_episodes} episodes"
+        )
+    console.print(f"run folder: {target}\nevaluate with: zoo eval {target}")
+
+
+@app.command("eval")
+def eval_command(
+    run: Annotated[Path, typer.Argument(help="A run folder made by `zoo train`.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Evaluation episodes.")] = 10,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic/--stochastic", help="Greedy or sampled actions.")
+    ] = True,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the evaluation env (default: the run's eval seed).")
+    ] = None,
+    gap_episodes: Annotated[
+        int, typer.Option(min=0, help="Episodes for the Q overestimation gap (value-based agents).")
+    ] = 10,
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """Evaluate RUN's newest checkpoint; writes RUN/eval.json and prints mean ± std."""
+    from zoo import runner, runs
+
+    run_config = runs.open_run(run)
+    report = runner.evaluate_run(
+        run,
+        run_config,
+        episodes=episodes,
+        deterministic=deterministic,
+        seed=seed,
+        gap_episodes=min(gap_episodes, episodes),
+        console=console,
+        quiet=quiet,
+    )
+    mode = "greedy" if deterministic else "stochastic"
+    console.print(
+        f"{run_config.agent} on {run_config.env} at step {report['step']}: "
+        f"return {report['mean_return']:.2f} ± {report['std_return']:.2f} ({episodes} {mode} episodes)"
+    )
+    gap = report.get("overestimation")
+    if gap and gap["states"]:
+        console.print(
+            f"overestimation gap: {gap['mean_gap']:+.3f} (mean Q {gap['mean_predicted_q']:.3f} vs "
+            f"discounted return {gap['mean_discounted_return']:.3f}, {gap['states']} states)"
+        )
+    console.print(f"wrote {run / 'eval.json'}")
+
+
+@config_app.command("show")
+def config_show(
+    agent: Annotated[str, typer.Argument(help="Agent name.")],
+    env: Annotated[str, typer.Option("--env", help="Env id.")],
+    config: Annotated[Path | None, typer.Option("--config", help="zoo.yaml-shaped overlay.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Print the fully resolved config of AGENT on --env."""
+    from zoo import config as cfg
+
+    overlays, reproduced = _user_configs(config)
+    if reproduced is not None:
+        raise UsageError(
+            "config show takes a zoo.yaml-shaped overlay; a run's config.yaml is already resolved"
+        )
+    resolved = cfg.resolve(agent, env, seed=seed, config_files=overlays, overrides=list(set_ or []))
+    typer.echo(cfg.dump_config(resolved), nl=False)
+
+
+@config_app.command("validate")
+def config_validate(
+    file: Annotated[Path, typer.Argument(help="A zoo.yaml-shaped file or a run's config.yaml.")],
+) -> None:
+    """Check every key and value of FILE; exit 2 with the first problem."""
+    from zoo import config as cfg
+
+    data = cfg.load_yaml(file)
+    if cfg.is_run_config(data):
+        cfg.load_run_config(file)
+    else:
+        cfg.ConfigFile(data, str(file)).validate()
+    console.print(f"{file}: ok")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script; returns the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except ZooError as error:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as error:  # click's own usage errors are handled below
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            return error.exit_code
+        if isinstance(error, click.exceptions.Abort):
+            return 1
+        if _state["debug"]:
+            raise
+        err_console.print(
+            f"[red]error:[/] {type(error).__name__}: {error} (run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

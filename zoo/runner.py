@@ -1,0 +1,235 @@
+"""The experiment runner: builds envs and the agent from a resolved config, trains with the shared
+callbacks into a run folder, resumes from checkpoints, and evaluates runs."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from core.checkpoint import CheckpointManager
+from core.training_state import load_training_state, save_training_state
+from rich.console import Console
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.vec_env import VecEnv
+
+from core.agents import AGENTS, AgentSpec
+from core.callbacks import CheckpointCallback, EvalCallback, RichProgressCallback, StopOnSignal
+from core.envs import EnvFamily, family_for
+from core.errors import UsageError, ZooError
+from core.evaluation import overestimation_gap, run_episodes
+from core.logging import configure_run_logger
+from zoo.config import RunConfig, materialize_hyperparameters
+from zoo.runs import read_status, write_json_atomic, write_status
+
+EVAL_SEED_OFFSET = 10_000  # evaluation envs use seeds disjoint from the training envs'
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda: no CUDA device is available on this machine (use --device cpu or auto)"
+        )
+    return device
+
+
+@dataclass
+class Setup:
+    spec: AgentSpec
+    family: EnvFamily
+    device: str
+
+
+def prepare(config: RunConfig) -> Setup:
+    return Setup(AGENTS.get(config.agent), family_for(config.env), resolve_device(config.device))
+
+
+def make_env(setup: Setup, config: RunConfig, *, n_envs: int, seed: int, training: bool) -> VecEnv:
+    options = setup.family.Options.model_validate(config.env_options)
+    env = setup.family.make_vec_env(config.env, options=options, n_envs=n_envs, seed=seed, training=training)
+    supported = setup.spec.action_spaces
+    if not isinstance(env.action_space, supported):
+        env.close()
+        names = " or ".join(space.__name__ for space in supported)
+        raise UsageError(
+            f"{config.agent} needs a {names} action space; {config.env} has {type(env.action_space).__name__}"
+        )
+    return env
+
+
+def build_model(setup: Setup, config: RunConfig, env: VecEnv) -> BaseAlgorithm:
+    hyperparameters = materialize_hyperparameters(config.hyperparameters, f"agents.{config.agent}")
+    policy = setup.spec.policy_for(setup.family.observation_kind)
+    try:
+        return setup.spec.algorithm(
+            policy, env, seed=config.seed, device=setup.device, verbose=0, **hyperparameters
+        )
+    except (ValueError, AssertionError) as error:
+        raise UsageError(f"{config.agent}: {error}") from None
+
+
+def checkpoint_manager(run_dir: Path, config: RunConfig) -> CheckpointManager:
+    return CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_checkpoints)
+
+
+@dataclass
+class TrainOutcome:
+    status: str  # "finished" or "interrupted"
+    steps: int
+    final_eval: float | None
+    checkpoint: Path | None
+
+
+def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, resume: bool) -> TrainOutcome:
+    """Train (or resume) the run in ``run_dir`` until ``config.steps`` env steps."""
+    setup = prepare(config)
+    manager = checkpoint_manager(run_dir, config)
+    env = make_env(setup, config, n_envs=config.n_envs, seed=config.seed, training=True)
+    eval_env = make_env(setup, config, n_envs=1, seed=config.seed + EVAL_SEED_OFFSET, training=False)
+    latest = manager.latest() if resume else None
+    if latest is not None:
+        model = load_training_state(setup.spec.algorithm, latest, env, device=setup.device)
+    else:
+        model = build_model(setup, config, env)
+    model.set_logger(configure_run_logger(run_dir))
+
+    remaining = config.steps - model.num_timesteps
+    save = lambda m, directory: save_training_state(m, directory, include_replay=config.save_replay)  # noqa: E731
+    checkpoints = CheckpointCallback(manager, config.checkpoint_every, save)
+    evaluation = EvalCallback(
+        eval_env, config.eval_every, config.eval_episodes, run_dir / "best", run_dir / "evaluations.jsonl"
+    )
+    stop = StopOnSignal()
+    callbacks: list[Any] = [stop, checkpoints, evaluation]
+    if not quiet:
+        callbacks.append(RichProgressCallback(console, config.steps))
+    write_status(
+        run_dir,
+        status="running",
+        step=model.num_timesteps,
+        device=setup.device,
+        started=dt.datetime.now().isoformat(timespec="seconds"),
+    )
+    stop.install()
+    try:
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                reset_num_timesteps=latest is None,
+            )
+        else:
+            checkpoints.init_callback(model)
+            evaluation.init_callback(model)
+    except BaseException:
+        write_status(run_dir, status="failed", step=model.num_timesteps)
+        raise
+    finally:
+        stop.uninstall()
+    interrupted = stop.received is not None
+    checkpoint = checkpoints.checkpoint()
+    final_eval = None
+    if not interrupted:
+        final_eval = evaluation.evaluate()
+    status = "interrupted" if interrupted else "finished"
+    write_status(run_dir, status=status, step=model.num_timesteps)
+    env.close()
+    eval_env.close()
+    return TrainOutcome(status, model.num_timesteps, final_eval, checkpoint)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation of a finished (or interrupted) run
+
+
+def load_for_eval(setup: Setup, run_dir: Path, config: RunConfig, env: VecEnv) -> tuple[BaseAlgorithm, int]:
+    """The newest complete checkpoint's model, and the step it was taken at."""
+    latest = checkpoint_manager(run_dir, config).latest()
+    if latest is None:
+        status = read_status(run_dir).get("status", "unknown")
+        raise UsageError(f"{run_dir}: no complete checkpoint to evaluate (run status: {status})")
+    try:
+        model = setup.spec.algorithm.load(latest / "model.zip", env=env, device=setup.device)
+    except Exception as error:  # a corrupt zip, a pickle from another agent, ...
+        raise ZooError(
+            f"{latest / 'model.zip'}: cannot load the model ({type(error).__name__}: {error})"
+        ) from None
+    return model, int(model.num_timesteps)
+
+
+def evaluate_run(
+    run_dir: Path,
+    config: RunConfig,
+    *,
+    episodes: int,
+    deterministic: bool,
+    seed: int | None,
+    gap_episodes: int,
+    console: Console,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Evaluate a run's newest checkpoint; writes ``eval.json`` and appends to ``eval-history.jsonl``."""
+    setup = prepare(config)
+    eval_seed = config.seed + EVAL_SEED_OFFSET if seed is None else seed
+    env = make_env(setup, config, n_envs=1, seed=eval_seed, training=False)
+    model, step = load_for_eval(setup, run_dir, config, env)
+    with (
+        console.status(f"evaluating {episodes} episodes", spinner="dots")
+        if not quiet
+        else contextlib.nullcontext()
+    ):
+        result = run_episodes(model, env, episodes, deterministic=deterministic)
+    report: dict[str, Any] = {
+        "agent": config.agent,
+        "env": config.env,
+        "step": step,
+        "episodes": episodes,
+        "deterministic": deterministic,
+        "seed": eval_seed,
+        "mean_return": result.mean,
+        "std_return": result.std,
+        "returns": result.returns,
+        "lengths": result.lengths,
+        "time": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    q_values = getattr(model, "q_values", None)
+    if setup.spec.value_based and callable(q_values) and gap_episodes > 0:
+        gap_env = make_env(setup, config, n_envs=1, seed=eval_seed, training=True)
+        gap = overestimation_gap(model, q_values, gap_env, gap_episodes, gamma=float(model.gamma))  # type: ignore[attr-defined]
+        gap_env.close()
+        report["overestimation"] = {
+            "mean_gap": gap.mean_gap,
+            "mean_predicted_q": gap.mean_predicted,
+            "mean_discounted_return": gap.mean_observed,
+            "states": gap.states,
+            "episodes": gap.episodes,
+            "note": "Q(s_t,a_t) minus observed discounted return G_t, greedy policy, training-mode env",
+        }
+    env.close()
+    write_json_atomic(run_dir / "eval.json", _finite(report))
+    with open(run_dir / "eval-history.jsonl", "a") as handle:
+        handle.write(json.dumps(_finite(report)) + "\n")
+    return report
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: replace non-finite floats with None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
