@@ -78,7 +78,6 @@ def common_kwargs(warmup: int, device: str) -> dict[str, Any]:
         "train_freq": 4,
         "gradient_steps": 1,
         "learning_rate": 1e-4,
-        "target_update_interval": 4_000,
         "exploration_fraction": 0.1,
         "gamma": 0.99,
         "device": device,
@@ -90,16 +89,27 @@ def common_kwargs(warmup: int, device: str) -> dict[str, Any]:
 def make_sb3(warmup: int, device: str) -> Any:
     from stable_baselines3 import DQN
 
-    return DQN("CnnPolicy", sb3_env(0), **common_kwargs(warmup, device))
+    # SB3 counts target_update_interval in env steps: 4,000 env steps = 1,000 updates.
+    return DQN("CnnPolicy", sb3_env(0), target_update_interval=4_000, **common_kwargs(warmup, device))
 
 
 def make_ours(warmup: int, device: str, n_envs: int = 1, backend: str = "wrappers") -> Any:
     from agents.scdqn import SCDQN
+    from core.replay import EpisodicReplayBuffer
 
     kwargs = common_kwargs(warmup, device)
     if n_envs > 1:  # keep one update per 4 env steps: each VecEnv step is n_envs env steps
         kwargs.update(train_freq=1, gradient_steps=max(1, n_envs // 4))
-    return SCDQN("CnnPolicy", zoo_env(0, n_envs, backend), beta=3.0, **kwargs)
+    # What `zoo train` uses: the frame-deduplicating buffer; the target copy every 1,000 updates.
+    return SCDQN(
+        "CnnPolicy",
+        zoo_env(0, n_envs, backend),
+        beta=3.0,
+        target_update_interval=1_000,
+        replay_buffer_class=EpisodicReplayBuffer,
+        replay_buffer_kwargs={"frame_stack": 4},
+        **kwargs,
+    )
 
 
 def timed_learn(model: Any, warmup: int, steps: int) -> float:
@@ -149,15 +159,35 @@ def main() -> None:
 
     pairs = []
     for i in range(args.pairs):
-        sb3 = timed_learn(make_sb3(args.warmup, args.device), args.warmup, args.steps)
-        ours = timed_learn(make_ours(args.warmup, args.device), args.warmup, args.steps)
-        pairs.append({"sb3_dqn": sb3, "scdqn": ours, "ratio": ours / sb3})
-        print(f"pair {i + 1}: SB3 DQN {sb3:.1f} steps/s, SC-DQN {ours:.1f} steps/s, ratio {ours / sb3:.2f}")
+        # Alternate who goes first, so slow drifts of a shared machine do not favour one side.
+        order = ["sb3_dqn", "scdqn"] if i % 2 == 0 else ["scdqn", "sb3_dqn"]
+        pair: dict[str, float] = {}
+        for name in order:
+            model = (
+                make_sb3(args.warmup, args.device)
+                if name == "sb3_dqn"
+                else make_ours(args.warmup, args.device)
+            )
+            pair[name] = timed_learn(model, args.warmup, args.steps)
+            model.get_env().close()
+        pair["ratio"] = pair["scdqn"] / pair["sb3_dqn"]
+        pairs.append(pair)
+        print(
+            f"pair {i + 1}: SB3 DQN {pair['sb3_dqn']:.1f} steps/s, SC-DQN {pair['scdqn']:.1f} steps/s, "
+            f"ratio {pair['ratio']:.2f}"
+        )
 
-    eight = [
-        timed_learn(make_ours(args.warmup, args.device, n_envs=8, backend="auto"), args.warmup, args.steps)
-        for _ in range(max(1, args.pairs // 2))
-    ]
+    def ours_with(n_envs: int, backend: str) -> list[float]:
+        rates = []
+        for _ in range(max(3, args.pairs // 2)):
+            model = make_ours(args.warmup, args.device, n_envs=n_envs, backend=backend)
+            rates.append(timed_learn(model, args.warmup, args.steps))
+            model.get_env().close()
+        print(f"SC-DQN, {n_envs} env(s), {backend} backend: median {statistics.median(rates):.1f} steps/s")
+        return rates
+
+    native_one = ours_with(1, "auto")
+    eight = ours_with(8, "auto")
     result = {
         "game": GAME,
         "device": args.device,
@@ -168,13 +198,16 @@ def main() -> None:
         "median_sb3_dqn": statistics.median(p["sb3_dqn"] for p in pairs),
         "median_scdqn": statistics.median(p["scdqn"] for p in pairs),
         "median_ratio": statistics.median(p["ratio"] for p in pairs),
+        "scdqn_1_env_default_backend": native_one,
+        "median_scdqn_1_env_default_backend": statistics.median(native_one),
         "scdqn_8_envs": eight,
         "median_scdqn_8_envs": statistics.median(eight),
         "machine": machine(),
     }
     print(
         f"median: SB3 DQN {result['median_sb3_dqn']:.1f}, SC-DQN {result['median_scdqn']:.1f} steps/s, "
-        f"ratio {result['median_ratio']:.2f}; SC-DQN 8 envs {result['median_scdqn_8_envs']:.1f} steps/s"
+        f"ratio {result['median_ratio']:.2f}; SC-DQN default backend {statistics.median(native_one):.1f}, "
+        f"8 envs {result['median_scdqn_8_envs']:.1f} steps/s"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

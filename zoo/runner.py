@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -13,19 +14,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from core.checkpoint import CheckpointManager
-from core.training_state import load_training_state, save_training_state
+from gymnasium import spaces
 from rich.console import Console
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from core.agents import AGENTS, AgentSpec
 from core.callbacks import CheckpointCallback, EvalCallback, RichProgressCallback, StopOnSignal
+from core.checkpoint import CheckpointManager
 from core.envs import EnvFamily, family_for
 from core.errors import UsageError, ZooError
 from core.evaluation import overestimation_gap, run_episodes
 from core.logging import configure_run_logger
+from core.replay import EpisodicReplayBuffer
+from core.training_state import load_training_state, save_training_state
 from zoo.config import RunConfig, materialize_hyperparameters
 from zoo.runs import read_status, write_json_atomic, write_status
 
@@ -70,12 +74,48 @@ def make_env(setup: Setup, config: RunConfig, *, n_envs: int, seed: int, trainin
 def build_model(setup: Setup, config: RunConfig, env: VecEnv) -> BaseAlgorithm:
     hyperparameters = materialize_hyperparameters(config.hyperparameters, f"agents.{config.agent}")
     policy = setup.spec.policy_for(setup.family.observation_kind)
+    hyperparameters = with_episodic_replay(setup, config, env, hyperparameters)
     try:
         return setup.spec.algorithm(
             policy, env, seed=config.seed, device=setup.device, verbose=0, **hyperparameters
         )
     except (ValueError, AssertionError) as error:
         raise UsageError(f"{config.agent}: {error}") from None
+
+
+def with_episodic_replay(
+    setup: Setup, config: RunConfig, env: VecEnv, hyperparameters: dict[str, Any]
+) -> dict[str, Any]:
+    """Off-policy agents store replay in :class:`EpisodicReplayBuffer` (each frame once, n-step returns).
+
+    Left alone when the config picks its own buffer or SB3's ``optimize_memory_usage``, or when the
+    observations are not a Box/Discrete space (Dict observations need SB3's ``DictReplayBuffer``).
+    """
+    algorithm = setup.spec.algorithm
+    if (
+        not issubclass(algorithm, OffPolicyAlgorithm)
+        or hyperparameters.get("replay_buffer_class") is not None
+        or hyperparameters.get("optimize_memory_usage", False)
+        or not isinstance(env.observation_space, spaces.Box | spaces.Discrete)
+    ):
+        return hyperparameters
+    parameters = inspect.signature(algorithm).parameters
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    n_steps = int(hyperparameters.get("n_steps", defaults.get("n_steps", 1)))
+    gamma = float(hyperparameters.get("gamma", defaults.get("gamma", 0.99)))
+    frame_stack = 1
+    if setup.family.observation_kind == "image":
+        frame_stack = int(getattr(setup.family.Options.model_validate(config.env_options), "frame_stack", 1))
+    replay_kwargs = {"frame_stack": frame_stack, "n_steps": n_steps, "gamma": gamma}
+    replay_kwargs.update(hyperparameters.get("replay_buffer_kwargs") or {})
+    updated = {
+        **hyperparameters,
+        "replay_buffer_class": EpisodicReplayBuffer,
+        "replay_buffer_kwargs": replay_kwargs,
+    }
+    if "n_steps" in parameters:
+        updated["n_steps"] = 1  # the buffer computes the n-step returns; SB3 would otherwise warn and ignore
+    return updated
 
 
 def checkpoint_manager(run_dir: Path, config: RunConfig) -> CheckpointManager:
