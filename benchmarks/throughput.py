@@ -93,7 +93,7 @@ def make_sb3(warmup: int, device: str) -> Any:
     return DQN("CnnPolicy", sb3_env(0), target_update_interval=4_000, **common_kwargs(warmup, device))
 
 
-def make_ours(warmup: int, device: str, n_envs: int = 1, backend: str = "wrappers") -> Any:
+def make_ours(warmup: int, device: str, n_envs: int = 1, backend: str = "wrappers", beta: float = 3.0) -> Any:
     from agents.scdqn import SCDQN
     from core.replay import EpisodicReplayBuffer
 
@@ -104,7 +104,7 @@ def make_ours(warmup: int, device: str, n_envs: int = 1, backend: str = "wrapper
     return SCDQN(
         "CnnPolicy",
         zoo_env(0, n_envs, backend),
-        beta=3.0,
+        beta=beta,
         target_update_interval=1_000,
         replay_buffer_class=EpisodicReplayBuffer,
         replay_buffer_kwargs={"frame_stack": 4},
@@ -157,24 +157,30 @@ def main() -> None:
     if not stream["identical"]:
         raise SystemExit("the two pipelines differ; a throughput comparison would not be like for like")
 
+    makers = {
+        "sb3_dqn": lambda: make_sb3(args.warmup, args.device),
+        "scdqn": lambda: make_ours(args.warmup, args.device),
+        # beta = 0 is DQN in our code path: the same work per update as SB3's DQN (one forward pass
+        # fewer than beta > 0, which also runs the online network on the next observations).
+        "scdqn_beta0": lambda: make_ours(args.warmup, args.device, beta=0.0),
+    }
     pairs = []
     for i in range(args.pairs):
-        # Alternate who goes first, so slow drifts of a shared machine do not favour one side.
-        order = ["sb3_dqn", "scdqn"] if i % 2 == 0 else ["scdqn", "sb3_dqn"]
+        # Rotate who goes first, so slow drifts of a shared machine do not favour one side.
+        names = list(makers)
+        order = names[i % len(names) :] + names[: i % len(names)]
         pair: dict[str, float] = {}
         for name in order:
-            model = (
-                make_sb3(args.warmup, args.device)
-                if name == "sb3_dqn"
-                else make_ours(args.warmup, args.device)
-            )
+            model = makers[name]()
             pair[name] = timed_learn(model, args.warmup, args.steps)
             model.get_env().close()
         pair["ratio"] = pair["scdqn"] / pair["sb3_dqn"]
+        pair["ratio_beta0"] = pair["scdqn_beta0"] / pair["sb3_dqn"]
         pairs.append(pair)
         print(
-            f"pair {i + 1}: SB3 DQN {pair['sb3_dqn']:.1f} steps/s, SC-DQN {pair['scdqn']:.1f} steps/s, "
-            f"ratio {pair['ratio']:.2f}"
+            f"round {i + 1}: SB3 DQN {pair['sb3_dqn']:.1f} steps/s, SC-DQN {pair['scdqn']:.1f} "
+            f"(ratio {pair['ratio']:.2f}), SC-DQN beta=0 {pair['scdqn_beta0']:.1f} "
+            f"(ratio {pair['ratio_beta0']:.2f})"
         )
 
     def ours_with(n_envs: int, backend: str) -> list[float]:
@@ -198,6 +204,8 @@ def main() -> None:
         "median_sb3_dqn": statistics.median(p["sb3_dqn"] for p in pairs),
         "median_scdqn": statistics.median(p["scdqn"] for p in pairs),
         "median_ratio": statistics.median(p["ratio"] for p in pairs),
+        "median_scdqn_beta0": statistics.median(p["scdqn_beta0"] for p in pairs),
+        "median_ratio_beta0": statistics.median(p["ratio_beta0"] for p in pairs),
         "scdqn_1_env_default_backend": native_one,
         "median_scdqn_1_env_default_backend": statistics.median(native_one),
         "scdqn_8_envs": eight,
@@ -206,7 +214,8 @@ def main() -> None:
     }
     print(
         f"median: SB3 DQN {result['median_sb3_dqn']:.1f}, SC-DQN {result['median_scdqn']:.1f} steps/s, "
-        f"ratio {result['median_ratio']:.2f}; SC-DQN default backend {statistics.median(native_one):.1f}, "
+        f"ratio {result['median_ratio']:.2f}; beta=0 ratio {result['median_ratio_beta0']:.2f}; "
+        f"SC-DQN default backend {statistics.median(native_one):.1f}, "
         f"8 envs {result['median_scdqn_8_envs']:.1f} steps/s"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -228,9 +228,12 @@ class SCDQN(ExactStepBudget, DQN):
         with th.no_grad():
             next_obs = self._preprocess(replay_data.next_observations)  # once for both networks
             q_current = self._q(self.q_net_target, next_obs)  # Q_n: the target network
-            q_other = self._q(self.q_net, next_obs)  # the online network
-            # Self-correcting estimator Q^beta = Q_n - beta (Q_n - Q_{n-1}), used only to select a*.
-            selector = q_current - self.beta * (q_current - q_other)
+            if self.beta == 0:  # DQN: the selector is Q_n itself; skip the online network's forward pass
+                selector = q_current
+            else:
+                q_other = self._q(self.q_net, next_obs)  # the online network
+                # Self-correcting estimator Q^beta = Q_n - beta (Q_n - Q_{n-1}), used only to select a*.
+                selector = q_current - self.beta * (q_current - q_other)
             best = selector.argmax(dim=1, keepdim=True)
             # a* is evaluated with Q_n (the target network). `dones` is termination only (SB3's buffer
             # clears it on time-limit truncation), so truncated episodes bootstrap.
