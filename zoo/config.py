@@ -173,7 +173,7 @@ def hyperparameter_model(spec: AgentSpec) -> type[BaseModel]:
         annotation = hints.get(name, Any)
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[name] = (annotation, default)
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    return create_model(
         f"{spec.algorithm.__name__}Hyperparameters",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=False),
         **fields,
@@ -469,11 +469,11 @@ def resolve(
             agent=agent,
             env=env_id,
             seed=seed,
-            device=device,
+            device=device,  # type: ignore[arg-type]  # a str; pydantic checks it against the Literal
             env_options=resolved_env,
             hyperparameters=hyper,
             **run,
-        )  # type: ignore[arg-type]
+        )
     except ValidationError as error:
         raise UsageError(_first_error(error)) from None
 
