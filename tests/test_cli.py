@@ -96,6 +96,17 @@ def test_existing_run_dir_is_never_overwritten(capsys: pytest.CaptureFixture[str
     assert snapshot(target) == before
 
 
+def test_resume_rejects_non_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a run")
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path), "--quiet")
+    assert code == 2 and "not a run folder" in err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "missing"), "--quiet")
+    assert code == 2 and "no such run folder" in err
+
+
 def test_eval_rejects_non_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "nope"))
     assert code == 2 and "no such run folder" in err
@@ -200,7 +211,8 @@ def _wait_for_checkpoint(run: Path, timeout: float = 90.0) -> None:
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigint_checkpoints_and_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_and_exits_0(tmp_path: Path, signum: signal.Signals) -> None:
     run = tmp_path / "run"
     process = _zoo(
         "train",
@@ -219,7 +231,7 @@ def test_sigint_checkpoints_and_resume(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     _wait_for_checkpoint(run)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "zoo train --resume" in out
