@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from core.envs import EnvFamily, EnvOptions
 from core.errors import UsageError
 
 
@@ -39,3 +40,26 @@ def seed_env(env: gym.Env, seed: int | None) -> gym.Env:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+class RegisteredGymFamily(EnvFamily):
+    """A family of plain gymnasium ids: ``gymnasium.make(env_id, **options.env_kwargs)``, seeded once.
+
+    Training and evaluation envs are the same. Subclasses set ``name``, ``summary`` and ``env_ids``.
+    """
+
+    observation_kind = "vector"
+    Options = EnvOptions
+
+    def make_env(
+        self,
+        env_id: str,
+        *,
+        options: EnvOptions,
+        training: bool,
+        seed: int | None = None,
+        render_mode: str | None = None,
+    ) -> gym.Env:
+        """``gymnasium.make(env_id, **options.env_kwargs)``, reset once with ``seed`` if given."""
+        env = make_registered_env(env_id, env_kwargs=options.env_kwargs, render_mode=render_mode)
+        return seed_env(env, seed)
