@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -22,6 +23,8 @@ class AgentSpec:
     :param image_policy: policy name for image observations
     :param vector_policy: policy name for vector observations
     :param value_based: whether ``zoo eval`` can report the Q-value overestimation gap
+    :param episodic_replay: when the runner gives an off-policy agent ``EpisodicReplayBuffer``:
+        ``always``, only for ``images`` (elsewhere the algorithm keeps its own buffer), or ``never``
     """
 
     name: str
@@ -31,6 +34,7 @@ class AgentSpec:
     image_policy: str = "CnnPolicy"
     vector_policy: str = "MlpPolicy"
     value_based: bool = False
+    episodic_replay: Literal["always", "images", "never"] = "always"
 
     def policy_for(self, kind: ObservationKind) -> str:
         return self.image_policy if kind == "image" else self.vector_policy

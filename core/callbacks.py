@@ -137,10 +137,21 @@ class EvalCallback(BaseCallback):
     :param episodes: episodes per evaluation
     :param best_dir: folder holding ``model.zip`` of the best evaluation so far
     :param history: JSONL file with one line per evaluation
+    :param stop_at_return: stop training at the first evaluation whose mean return reaches this value
     """
 
-    def __init__(self, eval_env: VecEnv, every: int, episodes: int, best_dir: Path, history: Path) -> None:
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        every: int,
+        episodes: int,
+        best_dir: Path,
+        history: Path,
+        stop_at_return: float | None = None,
+    ) -> None:
         super().__init__()
+        self.stop_at_return = stop_at_return
+        self.reached: tuple[int, float] | None = None  # (step, mean return) that met stop_at_return
         self.eval_env = eval_env
         self.every = every
         self.episodes = episodes
@@ -158,8 +169,11 @@ class EvalCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.model.num_timesteps >= self._next:
-            self.evaluate()
+            mean = self.evaluate()
             self._next = (self.model.num_timesteps // self.every + 1) * self.every
+            if self.stop_at_return is not None and mean >= self.stop_at_return:
+                self.reached = (self.model.num_timesteps, mean)
+                return False
         return True
 
     def evaluate(self) -> float:

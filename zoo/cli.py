@@ -103,6 +103,10 @@ def train(
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Env steps between checkpoints (0: only at the end).")
     ] = None,
+    stop_at_return: Annotated[
+        float | None,
+        typer.Option(help="Stop at the first evaluation whose mean greedy return reaches this value."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train AGENT on --env into a new run folder (or --resume one)."""
@@ -116,6 +120,8 @@ def train(
         overrides.append(f"eval_every={eval_every}")
     if checkpoint_every is not None:
         overrides.append(f"checkpoint_every={checkpoint_every}")
+    if stop_at_return is not None:
+        overrides.append(f"stop_at_return={stop_at_return}")
     if steps is not None and steps <= 0:
         raise UsageError(f"--steps {steps}: must be a positive number of env steps")
 
@@ -179,7 +185,12 @@ def train(
             f"  zoo train --resume {target}"
         )
         return
-    if outcome.final_eval is not None:
+    if outcome.stopped_at_return:
+        console.print(
+            f"stopped at step {outcome.steps}: greedy return {outcome.final_eval:.2f} reached "
+            f"--stop-at-return {run_config.stop_at_return:g}; its checkpoint is kept"
+        )
+    elif outcome.final_eval is not None:
         console.print(
             f"finished {outcome.steps} steps; greedy return {outcome.final_eval:.2f} "
             f"over {run_config.eval_episodes} episodes"

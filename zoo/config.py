@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from core.agents import AgentSpec
 from core.envs import EnvFamily
@@ -48,6 +48,8 @@ class RunSettings(BaseModel):
     :param checkpoint_every: env steps between checkpoints (0 = only at the end and on interrupt)
     :param keep_checkpoints: how many complete checkpoints to keep
     :param save_replay: include the replay buffer in checkpoints (exact resume, large files)
+    :param stop_at_return: stop at the first evaluation whose mean greedy return reaches this value
+        (its checkpoint is kept); ``None`` trains for ``steps``
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -59,6 +61,13 @@ class RunSettings(BaseModel):
     checkpoint_every: int = Field(50_000, ge=0)
     keep_checkpoints: int = Field(3, gt=0)
     save_replay: bool = False
+    stop_at_return: float | None = None
+
+    @model_validator(mode="after")
+    def _stopping_needs_evaluations(self) -> RunSettings:
+        if self.stop_at_return is not None and self.eval_every == 0:
+            raise ValueError("stop_at_return needs periodic evaluations: set eval_every to a positive number")
+        return self
 
 
 RUN_KEYS = tuple(RunSettings.model_fields)
@@ -214,6 +223,27 @@ def build_schedule(raw: Mapping[str, Any], where: str) -> Callable[[float], floa
     raise UsageError(f"{where}.kind: expected linear or constant, got {kind!r}")
 
 
+class ActionNoiseConfig(BaseModel):
+    """``action_noise: {kind: normal | ornstein_uhlenbeck, sigma: 0.1}``: exploration noise for
+    off-policy continuous-control agents (TD3, SAC), sized to the env's action space by the runner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["normal", "ornstein_uhlenbeck"]
+    sigma: float = Field(gt=0)
+    theta: float = Field(0.15, gt=0)
+
+
+def build_action_noise(raw: Mapping[str, Any], where: str) -> Any:
+    from core.noise import SizedActionNoise
+
+    try:
+        noise = ActionNoiseConfig.model_validate(raw)
+    except ValidationError as error:
+        raise UsageError(_error_at(where, error)) from None
+    return SizedActionNoise(noise.kind, noise.sigma, theta=noise.theta)
+
+
 def _named_class(name: Any, module: Any, base: type, where: str) -> type:
     """Resolve a class by its plain name inside ``module`` (no eval, no dotted import paths)."""
     if isinstance(name, type) and issubclass(name, base):
@@ -231,12 +261,15 @@ def _named_class(name: Any, module: Any, base: type, where: str) -> type:
 
 def materialize_hyperparameters(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Turn structured YAML values into the Python objects the constructor takes: schedules into
-    callables, ``policy_kwargs.optimizer_class`` / ``activation_fn`` names into torch classes."""
+    callables, ``action_noise`` into an SB3 action noise, ``policy_kwargs.optimizer_class`` /
+    ``activation_fn`` names into torch classes."""
     import torch
 
     result = dict(values)
     for key, value in values.items():
-        if isinstance(value, Mapping) and "kind" in value:
+        if key == "action_noise" and isinstance(value, Mapping):
+            result[key] = build_action_noise(value, f"{where}.{key}")
+        elif isinstance(value, Mapping) and "kind" in value:
             result[key] = build_schedule(value, f"{where}.{key}")
     policy_kwargs = values.get("policy_kwargs")
     if isinstance(policy_kwargs, Mapping):
@@ -262,10 +295,16 @@ def materialize_hyperparameters(values: Mapping[str, Any], where: str) -> dict[s
 def _first_error(error: ValidationError) -> str:
     detail = error.errors()[0]
     location = ".".join(str(part) for part in detail["loc"])
-    message = detail["msg"]
+    message = detail["msg"].removeprefix("Value error, ")
     if detail["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{location}: {message}" if location else message
+
+
+def _error_at(where: str, error: ValidationError) -> str:
+    """``where.key: message``, or ``where: message`` for an error of the whole block."""
+    first = _first_error(error)
+    return f"{where}.{first}" if error.errors()[0]["loc"] else f"{where}: {first}"
 
 
 def validate_hyperparameters(spec: AgentSpec, values: Mapping[str, Any], where: str) -> None:
@@ -279,7 +318,7 @@ def validate_hyperparameters(spec: AgentSpec, values: Mapping[str, Any], where: 
     try:
         model.model_validate(materialize_hyperparameters(values, where))
     except ValidationError as error:
-        raise UsageError(f"{where}.{_first_error(error)}") from None
+        raise UsageError(_error_at(where, error)) from None
 
 
 def validate_env_options(family: EnvFamily, values: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -292,14 +331,14 @@ def validate_env_options(family: EnvFamily, values: Mapping[str, Any], where: st
     try:
         return family.Options.model_validate(dict(values)).model_dump()
     except ValidationError as error:
-        raise UsageError(f"{where}.{_first_error(error)}") from None
+        raise UsageError(_error_at(where, error)) from None
 
 
 def validate_run_settings(values: Mapping[str, Any], where: str) -> None:
     try:
         RunSettings.model_validate(dict(values))
     except ValidationError as error:
-        raise UsageError(f"{where}.{_first_error(error)}") from None
+        raise UsageError(_error_at(where, error)) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import datetime as dt
 import inspect
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from core.envs import EnvFamily, family_for
 from core.errors import UsageError, ZooError
 from core.evaluation import overestimation_gap, run_episodes
 from core.logging import configure_run_logger
+from core.noise import SizedActionNoise
 from core.replay import EpisodicReplayBuffer
 from core.training_state import load_training_state, save_training_state
 from zoo.config import RunConfig, materialize_hyperparameters
@@ -75,6 +77,11 @@ def build_model(setup: Setup, config: RunConfig, env: VecEnv) -> BaseAlgorithm:
     hyperparameters = materialize_hyperparameters(config.hyperparameters, f"agents.{config.agent}")
     policy = setup.spec.policy_for(setup.family.observation_kind)
     hyperparameters = with_episodic_replay(setup, config, env, hyperparameters)
+    noise = hyperparameters.get("action_noise")
+    if isinstance(noise, SizedActionNoise):
+        if not isinstance(env.action_space, spaces.Box):
+            raise UsageError(f"agents.{config.agent}.action_noise: needs a Box action space")
+        noise.bind(env.action_space.shape)
     try:
         return setup.spec.algorithm(
             policy, env, seed=config.seed, device=setup.device, verbose=0, **hyperparameters
@@ -92,8 +99,11 @@ def with_episodic_replay(
     observations are not a Box/Discrete space (Dict observations need SB3's ``DictReplayBuffer``).
     """
     algorithm = setup.spec.algorithm
+    wanted = setup.spec.episodic_replay
     if (
-        not issubclass(algorithm, OffPolicyAlgorithm)
+        wanted == "never"
+        or (wanted == "images" and setup.family.observation_kind != "image")
+        or not issubclass(algorithm, OffPolicyAlgorithm)
         or hyperparameters.get("replay_buffer_class") is not None
         or hyperparameters.get("optimize_memory_usage", False)
         or not isinstance(env.observation_space, spaces.Box | spaces.Discrete)
@@ -128,6 +138,7 @@ class TrainOutcome:
     steps: int
     final_eval: float | None
     checkpoint: Path | None
+    stopped_at_return: bool = False
 
 
 def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, resume: bool) -> TrainOutcome:
@@ -147,7 +158,12 @@ def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, re
     save = lambda m, directory: save_training_state(m, directory, include_replay=config.save_replay)  # noqa: E731
     checkpoints = CheckpointCallback(manager, config.checkpoint_every, save)
     evaluation = EvalCallback(
-        eval_env, config.eval_every, config.eval_episodes, run_dir / "best", run_dir / "evaluations.jsonl"
+        eval_env,
+        config.eval_every,
+        config.eval_episodes,
+        run_dir / "best",
+        run_dir / "evaluations.jsonl",
+        stop_at_return=config.stop_at_return,
     )
     stop = StopOnSignal()
     callbacks: list[Any] = [stop, checkpoints, evaluation]
@@ -179,13 +195,17 @@ def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, re
     interrupted = stop.received is not None
     checkpoint = checkpoints.checkpoint()
     final_eval = None
-    if not interrupted:
+    extra: dict[str, Any] = {}
+    if evaluation.reached is not None:  # stopped at the threshold: that evaluation is the final one
+        final_eval = evaluation.reached[1]
+        extra["stopped_at_return"] = {"step": evaluation.reached[0], "mean_return": final_eval}
+    elif not interrupted:
         final_eval = evaluation.evaluate()
     status = "interrupted" if interrupted else "finished"
-    write_status(run_dir, status=status, step=model.num_timesteps)
+    write_status(run_dir, status=status, step=model.num_timesteps, **extra)
     env.close()
     eval_env.close()
-    return TrainOutcome(status, model.num_timesteps, final_eval, checkpoint)
+    return TrainOutcome(status, model.num_timesteps, final_eval, checkpoint, evaluation.reached is not None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,6 +225,24 @@ def load_for_eval(setup: Setup, run_dir: Path, config: RunConfig, env: VecEnv) -
             f"{latest / 'model.zip'}: cannot load the model ({type(error).__name__}: {error})"
         ) from None
     return model, int(model.num_timesteps)
+
+
+def q_value_function(model: BaseAlgorithm) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``observations -> Q-values [n, n_actions]`` of a value-based model: its own ``q_values``
+    (SC-DQN), or its online ``q_net`` (SB3's DQN); ``None`` for other models."""
+    own = getattr(model, "q_values", None)
+    if callable(own):
+        return own
+    q_net = getattr(model, "q_net", None)
+    if q_net is None:
+        return None
+
+    def q_values(observations: np.ndarray) -> np.ndarray:
+        obs_tensor, _ = model.policy.obs_to_tensor(observations)
+        with torch.no_grad():
+            return q_net(obs_tensor).float().cpu().numpy()
+
+    return q_values
 
 
 def evaluate_run(
@@ -242,8 +280,8 @@ def evaluate_run(
         "lengths": result.lengths,
         "time": dt.datetime.now().isoformat(timespec="seconds"),
     }
-    q_values = getattr(model, "q_values", None)
-    if setup.spec.value_based and callable(q_values) and gap_episodes > 0:
+    q_values = q_value_function(model)
+    if setup.spec.value_based and q_values is not None and gap_episodes > 0:
         gap_env = make_env(setup, config, n_envs=1, seed=eval_seed, training=True)
         gap = overestimation_gap(model, q_values, gap_env, gap_episodes, gamma=float(model.gamma))  # type: ignore[attr-defined]
         gap_env.close()
