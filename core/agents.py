@@ -25,6 +25,9 @@ class AgentSpec:
     :param value_based: whether ``zoo eval`` can report the Q-value overestimation gap
     :param episodic_replay: when the runner gives an off-policy agent ``EpisodicReplayBuffer``:
         ``always``, only for ``images`` (elsewhere the algorithm keeps its own buffer), or ``never``
+    :param offline: the agent learns from a dataset (``zoo train AGENT --dataset``) through
+        :class:`core.offline.OfflineAlgorithm`'s ``set_dataset`` and ``learn_offline``; its steps are
+        gradient steps and the env is only used for evaluation
     """
 
     name: str
@@ -35,6 +38,7 @@ class AgentSpec:
     vector_policy: str = "MlpPolicy"
     value_based: bool = False
     episodic_replay: Literal["always", "images", "never"] = "always"
+    offline: bool = False
 
     def policy_for(self, kind: ObservationKind) -> str:
         return self.image_policy if kind == "image" else self.vector_policy
