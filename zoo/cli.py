@@ -9,13 +9,17 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from core.errors import UsageError, ZooError
+
+if TYPE_CHECKING:
+    from core.datasets import TransitionDataset
+    from zoo.config import RunConfig
 
 app = typer.Typer(
     name="zoo",
@@ -107,9 +111,21 @@ def train(
         float | None,
         typer.Option(help="Stop at the first evaluation whose mean greedy return reaches this value."),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Offline agents: the Minari dataset (name or folder) to learn from; --env defaults "
+            "to the dataset's env.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Train AGENT on --env into a new run folder (or --resume one)."""
+    """Train AGENT on --env into a new run folder (or --resume one).
+
+    Offline agents (brac, bc, offline_sac) learn from --dataset instead; their --steps are gradient
+    steps and the env is only used for evaluation.
+    """
     from zoo import config as cfg
     from zoo import runner, runs
 
@@ -125,8 +141,9 @@ def train(
     if steps is not None and steps <= 0:
         raise UsageError(f"--steps {steps}: must be a positive number of env steps")
 
+    offline_data = None
     if resume is not None:
-        if agent or env or config or overrides or run_dir or seed is not None:
+        if agent or env or config or overrides or run_dir or dataset or seed is not None:
             raise UsageError(
                 "--resume takes the run's own config; only --steps, --device and --quiet may be added"
             )
@@ -153,8 +170,19 @@ def train(
                 raise UsageError(
                     "--set cannot be combined with a run's config.yaml; edit a copy of it instead"
                 )
+            if dataset is not None:
+                updates["dataset"] = dataset
             run_config = run_config.model_copy(update=updates)
+            offline_data, run_config = _offline_dataset(run_config)
         else:
+            loaded = None
+            if agent is not None and env is None and dataset is not None and _is_offline(agent, dataset):
+                from core.minari_io import load_dataset
+
+                loaded = load_dataset(dataset)  # --env defaults to the dataset's env
+                env = loaded.metadata.get("env_id")
+                if not env:
+                    raise UsageError(f"--dataset {dataset}: the dataset names no env id; pass --env ENV_ID")
             if agent is None or env is None:
                 raise UsageError(
                     "zoo train needs an AGENT and --env ENV_ID (or --config RUN/config.yaml, or --resume RUN)"
@@ -167,18 +195,23 @@ def train(
                 config_files=overlays,
                 overrides=overrides,
                 steps=steps,
-            )
+            ).model_copy(update={"dataset": dataset})
+            offline_data, run_config = _offline_dataset(run_config, loaded)
         runner.resolve_device(run_config.device)
         target = run_dir if run_dir is not None else runs.new_run_dir(run_config)
         runs.create_run_dir(target, run_config, "zoo " + shlex.join(sys.argv[1:]))
 
     runner.resolve_device(run_config.device)
+    unit = "steps" if run_config.dataset is None else "gradient steps"
     if not quiet:
+        source = "" if run_config.dataset is None else f" from {run_config.dataset}"
         console.print(
-            f"[bold]{run_config.agent}[/] on [bold]{run_config.env}[/], seed {run_config.seed}, "
-            f"{run_config.steps} steps -> {target}"
+            f"[bold]{run_config.agent}[/] on [bold]{run_config.env}[/]{source}, seed {run_config.seed}, "
+            f"{run_config.steps} {unit} -> {target}"
         )
-    outcome = runner.train(run_config, target, console=console, quiet=quiet, resume=resume is not None)
+    outcome = runner.train(
+        run_config, target, console=console, quiet=quiet, resume=resume is not None, dataset=offline_data
+    )
     if outcome.status == "interrupted":
         console.print(
             f"interrupted at step {outcome.steps}; checkpoint saved. Resume with:\n"
@@ -192,10 +225,42 @@ def train(
         )
     elif outcome.final_eval is not None:
         console.print(
-            f"finished {outcome.steps} steps; greedy return {outcome.final_eval:.2f} "
+            f"finished {outcome.steps} {unit}; greedy return {outcome.final_eval:.2f} "
             f"over {run_config.eval_episodes} episodes"
         )
     console.print(f"run folder: {target}\nevaluate with: zoo eval {target}")
+
+
+def _offline_dataset(
+    run_config: RunConfig, loaded: TransitionDataset | None = None
+) -> tuple[TransitionDataset | None, RunConfig]:
+    """Check an offline run's dataset before its folder exists (bad data writes nothing); the config
+    then records the dataset's absolute path. Online agents refuse ``--dataset``."""
+    from zoo import runner
+
+    if not _is_offline(run_config.agent, run_config.dataset):
+        return None, run_config
+    if loaded is None:
+        data = runner.open_offline_dataset(run_config)
+    else:
+        data = loaded
+        runner.check_offline_dataset(run_config, data)
+    path = data.metadata.get("path")
+    if path is not None:
+        run_config = run_config.model_copy(update={"dataset": str(Path(path).resolve())})
+    return data, run_config
+
+
+def _is_offline(agent: str, dataset: str | None) -> bool:
+    """Whether ``agent`` learns from a dataset; ``--dataset`` given to an online agent is an error."""
+    from core.agents import AGENTS
+
+    if AGENTS.get(agent).offline:
+        return True
+    if dataset is not None:
+        offline = ", ".join(name for name, spec in AGENTS.items() if spec.offline) or "none installed"
+        raise UsageError(f"--dataset: {agent} learns online; agents that learn from a dataset: {offline}")
+    return False
 
 
 @app.command("eval")

@@ -82,6 +82,8 @@ class RunConfig(RunSettings):
     :param device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``
     :param env_options: options of the env family (validated by the family's model)
     :param hyperparameters: keyword arguments of the agent's constructor
+    :param dataset: for offline agents, the dataset learned from (an absolute folder path, so the run
+        reproduces and resumes from anywhere); ``steps`` then counts gradient steps
     """
 
     agent: str
@@ -90,6 +92,7 @@ class RunConfig(RunSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     env_options: dict[str, Any] = {}
     hyperparameters: dict[str, Any] = {}
+    dataset: str | None = None
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from core.agents import AGENTS, AgentSpec
 from core.callbacks import CheckpointCallback, EvalCallback, RichProgressCallback, StopOnSignal
 from core.checkpoint import CheckpointManager
+from core.datasets import TransitionDataset
 from core.envs import EnvFamily, family_for
 from core.errors import UsageError, ZooError
 from core.evaluation import overestimation_gap, run_episodes
@@ -141,11 +142,48 @@ class TrainOutcome:
     stopped_at_return: bool = False
 
 
-def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, resume: bool) -> TrainOutcome:
-    """Train (or resume) the run in ``run_dir`` until ``config.steps`` env steps."""
+def open_offline_dataset(config: RunConfig) -> TransitionDataset:
+    """The dataset of an offline run, loaded and checked against the run's env (one-line errors)."""
+    from core.minari_io import load_dataset
+
+    if config.dataset is None:
+        raise UsageError(
+            f"{config.agent} learns offline: pass --dataset NAME_OR_PATH (see `zoo dataset list`)"
+        )
+    dataset = load_dataset(config.dataset)
+    check_offline_dataset(config, dataset)
+    return dataset
+
+
+def check_offline_dataset(config: RunConfig, dataset: TransitionDataset) -> None:
+    """Raise :class:`UsageError` if ``dataset`` does not fit ``config``'s agent and env."""
+    setup = prepare(config)
+    env = make_env(setup, config, n_envs=1, seed=config.seed, training=False)
+    try:
+        dataset.check_spaces(env.observation_space, env.action_space, config.env)
+    finally:
+        env.close()
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    console: Console,
+    quiet: bool,
+    resume: bool,
+    dataset: TransitionDataset | None = None,
+) -> TrainOutcome:
+    """Train (or resume) the run in ``run_dir`` until ``config.steps`` env steps (gradient steps for
+    an offline agent, which learns from ``dataset``, or ``config.dataset`` when none is given)."""
     setup = prepare(config)
     manager = checkpoint_manager(run_dir, config)
-    env = make_env(setup, config, n_envs=config.n_envs, seed=config.seed, training=True)
+    offline = setup.spec.offline
+    if offline and dataset is None:
+        dataset = open_offline_dataset(config)
+    # An offline agent never steps its env: it only gives the model its spaces.
+    n_envs = 1 if offline else config.n_envs
+    env = make_env(setup, config, n_envs=n_envs, seed=config.seed, training=not offline)
     eval_env = make_env(setup, config, n_envs=1, seed=config.seed + EVAL_SEED_OFFSET, training=False)
     latest = manager.latest() if resume else None
     if latest is not None:
@@ -153,6 +191,11 @@ def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, re
     else:
         model = build_model(setup, config, env)
     model.set_logger(configure_run_logger(run_dir))
+    learn = model.learn
+    if offline:
+        assert dataset is not None
+        model.set_dataset(dataset)  # type: ignore[attr-defined]
+        learn = model.learn_offline  # type: ignore[attr-defined]
 
     remaining = config.steps - model.num_timesteps
     save = lambda m, directory: save_training_state(m, directory, include_replay=config.save_replay)  # noqa: E731
@@ -179,8 +222,8 @@ def train(config: RunConfig, run_dir: Path, *, console: Console, quiet: bool, re
     stop.install()
     try:
         if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
+            learn(
+                remaining,
                 callback=CallbackList(callbacks),
                 reset_num_timesteps=latest is None,
             )
