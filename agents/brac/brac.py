@@ -300,22 +300,25 @@ class BRAC(OfflineAlgorithm):
         c_b = self.dual_critic(obs, behavior_actions, detach_params=True)[0]
         return DUAL_ESTIMATES[self.divergence](c_p, c_b)
 
-    def _brac_step(self, batch: OfflineBatch) -> dict[str, th.Tensor]:
-        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-        alpha = self.alpha_value.detach()
-        obs, next_obs = batch.observations, batch.next_observations
-
+    def critic_targets(self, batch: OfflineBatch) -> th.Tensor:
+        """TD targets ``y`` ``[B]`` (no gradient), ``a' ~ pi(s')`` drawn by one ``rsample``."""
         with th.no_grad():
+            next_obs = batch.next_observations
             next_dist = self.actor(next_obs)
             next_actions = next_dist.rsample(1)[0][0]
             # Ensemble value min_j Q'_j (the general lambda*min + (1-lambda)*max with lambda = 1).
             next_value = self.critic_target(next_obs, next_actions).min(dim=0).values
             if self.regularization == "value_penalty":
                 # BRAC-v (Sec. 3.1): the penalty enters the bootstrap, V(s') = Q(s',a') - alpha D(s').
-                next_value = next_value - alpha * self._divergence(
-                    next_obs, next_dist, next_actions, batch.next_actions
-                )
-            target = batch.rewards + self.gamma * batch.discounts * next_value
+                divergence = self._divergence(next_obs, next_dist, next_actions, batch.next_actions)
+                next_value = next_value - self.alpha_value.detach() * divergence
+            return batch.rewards + self.gamma * batch.discounts * next_value
+
+    def _brac_step(self, batch: OfflineBatch) -> dict[str, th.Tensor]:
+        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+        alpha = self.alpha_value.detach()
+        obs = batch.observations
+        target = self.critic_targets(batch)
         q = self.critic(obs, batch.actions)  # [n_critics, B]
         critic_loss = (q - target).square().mean(dim=1).sum()  # MSE summed over the ensemble members
         self.critic_optimizer.zero_grad(set_to_none=True)
