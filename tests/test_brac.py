@@ -369,3 +369,20 @@ def test_agents_are_registered_as_offline() -> None:
         spec = AGENTS.get(name)
         assert spec.offline and spec.algorithm is cls
     assert brac_module.PRIMAL_DIVERGENCES == ("kl", "mmd")
+
+
+def test_checkpoint_resume_is_exact(dataset: TransitionDataset, tmp_path: Any) -> None:
+    from core.training_state import load_training_state, save_training_state
+
+    straight = make_model(BRAC, dataset, behavior_steps=6, warm_start=2).learn_offline(16)
+    first = make_model(BRAC, dataset, behavior_steps=6, warm_start=2).learn_offline(8)
+    save_training_state(first, tmp_path / "checkpoint", include_replay=True)  # no replay: nothing to add
+    resumed = load_training_state(BRAC, tmp_path / "checkpoint", first.get_env(), device="cpu")
+    assert isinstance(resumed, BRAC) and resumed.num_timesteps == 8 and resumed._n_updates == 8
+    resumed.set_logger(configure(None, []))
+    resumed.set_dataset(dataset)
+    resumed.learn_offline(8, reset_num_timesteps=False)
+    for (name, a), b in zip(
+        straight.policy.state_dict().items(), resumed.policy.state_dict().values(), strict=True
+    ):
+        assert th.equal(a, b), name
