@@ -2,7 +2,8 @@
 
 from gymnasium import spaces
 
-from agents.brac.brac import BRAC, BRACPolicy
+from agents.brac.brac import BRAC
+from agents.brac.policy import BRACPolicy
 from core.agents import AgentSpec
 
 SPEC = AgentSpec(

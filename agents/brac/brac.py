@@ -32,54 +32,22 @@ Differences from the paper:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import polyak_update
 
 from agents.brac.divergences import CLIP_EPS, DUAL_ESTIMATES, dual_critic_loss, kl_primal, mmd_laplacian
-from core.errors import UsageError
-from core.networks import (
-    EnsembleCritic,
-    OfflinePolicy,
-    TanhGaussian,
-    TanhGaussianActor,
-    TestPolicy,
-    behavior_cloning_losses,
-    make_adam,
-)
+from agents.brac.policy import BRACPolicy
+from core.errors import UsageError, check_choice
+from core.networks import TanhGaussian, TestPolicy, behavior_cloning_losses, make_adam
 from core.offline import OfflineAlgorithm, OfflineBatch
 
 Regularization = Literal["value_penalty", "policy"]
 Divergence = Literal["kl", "mmd", "kl_dual", "w_dual"]
 PRIMAL_DIVERGENCES = ("kl", "mmd")
-
-
-class BRACPolicy(OfflinePolicy):
-    """:class:`OfflinePolicy` plus the behavior policy pi_b and, for dual divergences, the critic c(s, a).
-
-    :param behavior_net_arch: hidden sizes of pi_b (``None``: no pi_b)
-    :param dual_critic_net_arch: hidden sizes of c(s, a) (``None``: no dual critic)
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        behavior_net_arch: Sequence[int] | None = (200, 200),
-        dual_critic_net_arch: Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        box = self.action_space
-        assert isinstance(box, spaces.Box)
-        self.behavior = TanhGaussianActor(self.obs_dim, box, behavior_net_arch) if behavior_net_arch else None
-        self.dual_critic = None
-        if dual_critic_net_arch:
-            self.dual_critic = EnsembleCritic(1, self.obs_dim + self.action_dim, dual_critic_net_arch)
 
 
 class BRAC(OfflineAlgorithm):
@@ -161,9 +129,9 @@ class BRAC(OfflineAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        _check_choice("regularization", regularization, get_args(Regularization))
-        _check_choice("divergence", divergence, get_args(Divergence))
-        _check_choice("test_policy", test_policy, get_args(TestPolicy))
+        check_choice("regularization", regularization, get_args(Regularization))
+        check_choice("divergence", divergence, get_args(Divergence))
+        check_choice("test_policy", test_policy, get_args(TestPolicy))
         if alpha < 0 or alpha > alpha_max:
             raise UsageError(f"alpha must be in [0, alpha_max={alpha_max}], got {alpha}")
         counts = {
@@ -375,8 +343,3 @@ class BRAC(OfflineAlgorithm):
             loss.backward()
             self.dual_critic_optimizer.step()
         return loss.detach()
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -16,14 +16,14 @@ instead of a replay buffer filled online.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 import torch as th
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import polyak_update
 
-from core.errors import UsageError
+from core.errors import UsageError, check_choice
 from core.networks import EnsembleCritic, OfflinePolicy, TestPolicy, make_adam
 from core.offline import OfflineAlgorithm, OfflineBatch
 
@@ -75,6 +75,7 @@ class OfflineSAC(OfflineAlgorithm):
             raise UsageError(
                 f"need n_critics >= 1 and initial_entropy_coef > 0, got {n_critics}, {initial_entropy_coef}"
             )
+        check_choice("test_policy", test_policy, get_args(TestPolicy))
         self.gamma = gamma
         self.tau = tau
         self.n_critics = n_critics
