@@ -26,3 +26,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return `` (did you mean X?)`` for the closest candidate, or an empty string."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    """Raise a one-line :class:`UsageError` unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UsageError(
+            f"{name} must be one of {', '.join(choices)}; got {value!r}{did_you_mean(value, choices)}"
+        )
