@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -247,41 +248,53 @@ def iter_episodes(storage: Any, where: str) -> Iterable[Episode]:
         metadatas = list(storage.get_episode_metadata(range(total)))
     except (KeyError, ValueError, OSError):
         metadatas = [{} for _ in range(total)]
-    try:
-        for index, raw in enumerate(storage.get_episodes(range(total))):
-            for key in ("observations", "actions", "rewards", "terminations", "truncations"):
-                if raw.get(key) is None:
-                    raise UsageError(f"{where}: episode {index} has no {key}")
-            episode = Episode(
-                observations=np.asarray(raw["observations"]),
-                actions=np.asarray(raw["actions"]),
-                rewards=np.asarray(raw["rewards"], dtype=np.float32),
-                terminations=np.asarray(raw["terminations"], dtype=bool),
-                truncations=np.asarray(raw["truncations"], dtype=bool),
-                metadata=dict(metadatas[index]) if index < len(metadatas) else {},
+    index = 0
+    raw_episodes = iter(storage.get_episodes(range(total)))
+    while True:
+        try:
+            raw = next(raw_episodes)
+        except StopIteration:
+            return
+        except KeyError as error:  # a field missing in the file (h5py names it in the message)
+            found = re.search(r"'(\w+)'", str(error))
+            field = found.group(1) if found else str(error)
+            raise UsageError(f"{where}: episode {index} has no {field}") from None
+        for key in ("observations", "actions", "rewards", "terminations", "truncations"):
+            if raw.get(key) is None:
+                raise UsageError(f"{where}: episode {index} has no {key}")
+        episode = Episode(
+            observations=np.asarray(raw["observations"]),
+            actions=np.asarray(raw["actions"]),
+            rewards=np.asarray(raw["rewards"], dtype=np.float32),
+            terminations=np.asarray(raw["terminations"], dtype=bool),
+            truncations=np.asarray(raw["truncations"], dtype=bool),
+            metadata=dict(metadatas[index]) if index < len(metadatas) else {},
+        )
+        _check_lengths(episode, index, observation_shape, where)
+        yield episode
+        index += 1
+
+
+def _check_lengths(episode: Episode, index: int, observation_shape: tuple[int, ...], where: str) -> None:
+    steps = len(episode.rewards)
+    if episode.observations.shape[1:] != observation_shape:
+        raise UsageError(
+            f"{where}: episode {index} observations have shape {episode.observations.shape[1:]}, "
+            f"the observation space says {observation_shape}"
+        )
+    if steps == 0:
+        raise UsageError(f"{where}: episode {index} has no steps")
+    lengths = {
+        "observations": (len(episode.observations), steps + 1),
+        "actions": (len(episode.actions), steps),
+        "terminations": (len(episode.terminations), steps),
+        "truncations": (len(episode.truncations), steps),
+    }
+    for key, (length, expected) in lengths.items():
+        if length != expected:
+            raise UsageError(
+                f"{where}: episode {index} has {length} {key} for {steps} rewards, expected {expected}"
             )
-            steps = len(episode.rewards)
-            if episode.observations.shape[1:] != observation_shape:
-                raise UsageError(
-                    f"{where}: episode {index} observations have shape {episode.observations.shape[1:]}, "
-                    f"the observation space says {observation_shape}"
-                )
-            lengths = {
-                "observations": len(episode.observations) - 1,
-                "actions": len(episode.actions),
-                "terminations": len(episode.terminations),
-                "truncations": len(episode.truncations),
-            }
-            for key, length in lengths.items():
-                if length != steps:
-                    expected = "rewards + 1" if key == "observations" else "rewards"
-                    raise UsageError(
-                        f"{where}: episode {index} has {length + (key == 'observations')} {key}, "
-                        f"expected {expected} ({steps + (key == 'observations')})"
-                    )
-            yield episode
-    except KeyError as error:  # a field missing in the file
-        raise UsageError(f"{where}: an episode has no {error.args[0]} field") from None
 
 
 def load_dataset(name_or_path: str | Path, root: Path | None = None) -> TransitionDataset:

@@ -144,7 +144,7 @@ def register_data_commands(app: typer.Typer, console: Console) -> None:
             return
         table = Table(title=f"datasets in {folder}", show_edge=False)
         for column in ("name", "env", "steps", "episodes", "mixture", "noise", "created"):
-            table.add_column(column, style="bold" if column == "name" else None, overflow="fold")
+            table.add_column(column, style="bold" if column == "name" else None, no_wrap=column == "name")
         for dataset_name in names:
             metadata = read_metadata(resolve(dataset_name, folder)[1])
             card = read_card(metadata)
