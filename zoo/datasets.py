@@ -28,7 +28,7 @@ from core.collect import Noise, check_sources, collect
 from core.envs import family_for
 from core.errors import UsageError
 from core.evaluation import run_episodes
-from core.minari_io import check_dataset_id, default_root, write_dataset
+from core.minari_io import check_dataset_id, default_root, episode_sources, write_dataset
 
 MEASURED_EVAL_EPISODES = 5
 
@@ -198,6 +198,7 @@ def run_collect(request: CollectRequest, progress: Callable[[int], None] | None 
             for s, w in request.weights.items()
             if w > 0
         },
+        **episode_sources(collection.episodes),
         "versions": versions(),
         "created": dt.datetime.now().isoformat(timespec="seconds"),
         "command": request.command,
