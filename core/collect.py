@@ -139,6 +139,15 @@ def check_sources(
         raise UsageError(
             f"--mix uses {' and '.join(needs_policy)}: a trained policy is needed, pass --run RUN_DIR"
         )
+    uniform = weights.get("random", 0) > 0 or (
+        weights.get("noisy", 0) > 0 and noise is not None and noise.kind == "eps"
+    )
+    if (
+        uniform
+        and isinstance(action_space, spaces.Box)
+        and not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all())
+    ):
+        raise UsageError("uniform random actions need finite Box action bounds; this env's are unbounded")
     if weights.get("noisy", 0) > 0 and noise is None:
         raise UsageError("--mix uses noisy: pass --noise eps:P or --noise gaussian:S")
     if noise is not None and noise.kind == "gaussian" and not isinstance(action_space, spaces.Box):
