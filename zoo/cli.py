@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import UsageError, ZooError
+from zoo.cli_data import register_data_commands
 
 if TYPE_CHECKING:
     from core.datasets import TransitionDataset
@@ -34,6 +35,7 @@ app.add_typer(config_app, name="config")
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 _state = {"debug": False}
+register_data_commands(app, console)
 
 
 @app.callback()
