@@ -89,6 +89,20 @@ def run(learner: str, seed: int, steps: int, eval_every: int, eval_episodes: int
     return record
 
 
+def cached_run(args: argparse.Namespace, learner: str, seed: int) -> dict[str, Any]:
+    """``run``, reusing a finished run's record kept next to ``--out`` (an interrupted sweep resumes)."""
+    settings = f"{learner}-s{seed}-{args.steps}-{args.eval_every}-{args.eval_episodes}"
+    record_path = args.out.parent / "cartpole_runs" / f"{settings}.json"
+    if record_path.exists():
+        record: dict[str, Any] = json.loads(record_path.read_text())
+        print(f"{learner:12s} seed {seed}: reusing {record_path}")
+        return record
+    record = run(learner, seed, args.steps, args.eval_every, args.eval_episodes)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -100,11 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/cartpole.json"))
     args = parser.parse_args()
 
-    records = [
-        run(learner, seed, args.steps, args.eval_every, args.eval_episodes)
-        for learner in args.learners
-        for seed in args.seeds
-    ]
+    records = [cached_run(args, learner, seed) for learner in args.learners for seed in args.seeds]
     lines = [
         f"CartPole-v1, {args.steps} steps, seeds {args.seeds}, greedy evaluation of {args.eval_episodes} "
         f"episodes every {args.eval_every} steps",
