@@ -173,6 +173,8 @@ def resolve(name_or_path: str | Path, root: Path | None = None) -> tuple[str, Pa
         return str(name_or_path), data
     if candidate.exists():
         raise UsageError(f"{name_or_path}: not a Minari dataset (no {METADATA_FILE} in it or in its data/)")
+    if candidate.is_absolute() or str(name_or_path).startswith("."):
+        raise UsageError(f"{name_or_path}: no such dataset folder")
     known = list_datasets(root)
     raise UsageError(
         f"no dataset {str(name_or_path)!r} in {root}{did_you_mean(str(name_or_path), known)}; "
