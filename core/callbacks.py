@@ -152,6 +152,7 @@ class EvalCallback(BaseCallback):
         super().__init__()
         self.stop_at_return = stop_at_return
         self.reached: tuple[int, float] | None = None  # (step, mean return) that met stop_at_return
+        self.last: tuple[int, float] | None = None  # (step, mean return) of the latest evaluation
         self.eval_env = eval_env
         self.every = every
         self.episodes = episodes
@@ -179,6 +180,7 @@ class EvalCallback(BaseCallback):
     def evaluate(self) -> float:
         result = run_episodes(self.model, self.eval_env, self.episodes, deterministic=True)
         step = self.model.num_timesteps
+        self.last = (step, result.mean)
         self.logger.record("eval/mean_return", result.mean)
         self.logger.record("eval/std_return", result.std)
         self.logger.record("eval/mean_length", float(np.mean(result.lengths)))

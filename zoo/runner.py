@@ -242,6 +242,8 @@ def train(
     if evaluation.reached is not None:  # stopped at the threshold: that evaluation is the final one
         final_eval = evaluation.reached[1]
         extra["stopped_at_return"] = {"step": evaluation.reached[0], "mean_return": final_eval}
+    elif evaluation.last is not None and evaluation.last[0] == model.num_timesteps:
+        final_eval = evaluation.last[1]  # the periodic evaluation just ran at this step
     elif not interrupted:
         final_eval = evaluation.evaluate()
     status = "interrupted" if interrupted else "finished"
