@@ -23,19 +23,31 @@ from core.evaluation import run_episodes
 
 
 class RichProgressCallback(BaseCallback):
-    """A progress bar with env steps, steps/s, finished episodes and the recent mean return.
+    """A progress bar with steps, steps/s, finished episodes, the recent mean return and the latest
+    greedy evaluation. Offline runs (no episodes of their own) show steps, steps/s and evaluations.
 
     The bar is refreshed at most every ``interval`` seconds, so the per-step cost is one clock read.
 
     :param console: the console owned by the CLI
-    :param total_steps: the run's total env steps (the bar starts at the current step on resume)
+    :param total_steps: the run's total steps (the bar starts at the current step on resume)
+    :param evaluation: the run's periodic evaluation, whose latest mean return the bar shows
+    :param offline: the model learns from a dataset (steps are gradient steps, no episodes)
     :param interval: seconds between refreshes
     """
 
-    def __init__(self, console: Console, total_steps: int, interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        console: Console,
+        total_steps: int,
+        evaluation: EvalCallback | None = None,
+        offline: bool = False,
+        interval: float = 0.25,
+    ) -> None:
         super().__init__()
         self.console = console
         self.total_steps = total_steps
+        self.evaluation = evaluation
+        self.offline = offline
         self.interval = interval
         self._progress: Progress | None = None
         self._task: Any = None
@@ -44,13 +56,17 @@ class RichProgressCallback(BaseCallback):
         self._start_steps = 0
 
     def _on_training_start(self) -> None:
+        episode_columns = [
+            TextColumn("episodes {task.fields[episodes]}"),
+            TextColumn("return {task.fields[ret]}"),
+        ]
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[speed]} steps/s"),
-            TextColumn("episodes {task.fields[episodes]}"),
-            TextColumn("return {task.fields[ret]}"),
+            *([] if self.offline else episode_columns),
+            TextColumn("eval {task.fields[eval]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
@@ -65,6 +81,7 @@ class RichProgressCallback(BaseCallback):
             speed="-",
             episodes=0,
             ret="-",
+            eval="-",
         )
 
     def _on_step(self) -> bool:
@@ -81,12 +98,14 @@ class RichProgressCallback(BaseCallback):
         speed = (self.model.num_timesteps - self._start_steps) / elapsed
         buffer: Any = self.model.ep_info_buffer or []
         recent = f"{np.mean([info['r'] for info in buffer]):.1f}" if buffer else "-"
+        last = self.evaluation.last if self.evaluation is not None else None
         self._progress.update(
             self._task,
             completed=self.model.num_timesteps,
             speed=f"{speed:.0f}",
             episodes=getattr(self.model, "_episode_num", 0),
             ret=recent,
+            eval=f"{last[1]:.1f}" if last is not None else "-",
         )
 
     def _on_training_end(self) -> None:

@@ -211,7 +211,7 @@ def train(
     stop = StopOnSignal()
     callbacks: list[Any] = [stop, checkpoints, evaluation]
     if not quiet:
-        callbacks.append(RichProgressCallback(console, config.steps))
+        callbacks.append(RichProgressCallback(console, config.steps, evaluation, offline=offline))
     write_status(
         run_dir,
         status="running",
