@@ -23,6 +23,7 @@ script can be resumed after an interruption.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
@@ -46,6 +47,18 @@ def zoo(*args: str) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def training_summary(run: Path) -> dict[str, Any]:
+    """The best periodic evaluation during training and the last logged mean Q estimate (``train/q``)."""
+    evaluations = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines() if line]
+    with open(run / "progress.csv", newline="") as handle:
+        q_values = [float(row["train/q"]) for row in csv.DictReader(handle) if row.get("train/q")]
+    return {
+        "best_eval_return": max(e["mean_return"] for e in evaluations),
+        "eval_curve": [(e["step"], e["mean_return"]) for e in evaluations],
+        "final_q": q_values[-1] if q_values else None,
+    }
 
 
 def behavior_return(card: dict[str, Any]) -> str:
@@ -116,6 +129,7 @@ def main() -> None:
             zoo("eval", str(run), "--episodes", str(args.eval_episodes), "--quiet")
             report = read_json(run / "eval.json")
             record = {"seed": seed, "mean_return": report["mean_return"], "step": report["step"]}
+            record |= training_summary(run)
             results[learner].append({**record, "train_seconds": seconds})
             print(f"{learner} seed {seed}: greedy return {report['mean_return']:.1f}", flush=True)
 
@@ -127,14 +141,19 @@ def main() -> None:
         f"gradient steps (BRAC: after {args.behavior_steps} more steps fitting pi_b); mean ± std over "
         f"seeds {args.seeds}",
         "",
-        "| learner | greedy return | per seed |",
-        "|---|---|---|",
+        "| learner | greedy return, last checkpoint | per seed | best periodic evaluation (mean over seeds) "
+        "| final mean Q estimate |",
+        "|---|---|---|---|---|",
     ]
     for learner, records in results.items():
         returns = [r["mean_return"] for r in records]
         per_seed = ", ".join(f"{r:.0f}" for r in returns)
+        best = statistics.mean(r["best_eval_return"] for r in records)
+        q_values = [r["final_q"] for r in records if r["final_q"] is not None]
+        q_text = ", ".join(f"{q:.0f}" for q in q_values) if q_values else "-"
         lines.append(
-            f"| {learner} | {statistics.mean(returns):.1f} ± {float(np.std(returns)):.1f} | {per_seed} |"
+            f"| {learner} | {statistics.mean(returns):.1f} ± {float(np.std(returns)):.1f} | {per_seed} "
+            f"| {best:.1f} | {q_text} |"
         )
     table = "\n".join(lines)
     print(table)
