@@ -115,6 +115,21 @@ def test_offline_train_eval_resume(
     code, _, err = run_cli(capsys, "eval", str(run), "--episodes", "2", "--quiet")
     assert code == 0, err
     assert json.loads((run / "eval.json").read_text())["step"] == 200
+    # Both of the paper's evaluation policies on the same checkpoint; a bad choice writes nothing.
+    reports = {}
+    for rule in ("deterministic", "max_q"):
+        code, out, err = run_cli(
+            capsys, "eval", str(run), "--episodes", "2", "--test-policy", rule, "--quiet"
+        )
+        assert code == 0, err
+        assert f"{rule} test policy" in out
+        reports[rule] = json.loads((run / "eval.json").read_text())
+        assert reports[rule]["test_policy"] == rule
+    assert reports["deterministic"]["returns"] != reports["max_q"]["returns"]
+    before = (run / "eval.json").read_bytes()
+    code, _, err = run_cli(capsys, "eval", str(run), "--test-policy", "best", "--quiet")
+    assert code == 2 and "--test-policy must be one of deterministic, max_q" in err
+    assert (run / "eval.json").read_bytes() == before
 
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--steps", "300", "--quiet")
     assert code == 0, err

@@ -278,6 +278,13 @@ def eval_command(
     gap_episodes: Annotated[
         int, typer.Option(min=0, help="Episodes for the Q overestimation gap (value-based agents).")
     ] = 10,
+    test_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="Offline actor-critics (brac, offline_sac, bc): deterministic (tanh of the mean) or "
+            "max_q (the best of sampled actions under Q) instead of the run's own choice."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
     """Evaluate RUN's newest checkpoint; writes RUN/eval.json and prints mean ± std."""
@@ -293,11 +300,13 @@ def eval_command(
         gap_episodes=min(gap_episodes, episodes),
         console=console,
         quiet=quiet,
+        test_policy=test_policy,
     )
     mode = "greedy" if deterministic else "stochastic"
+    rule = f", {report['test_policy']} test policy" if deterministic and "test_policy" in report else ""
     console.print(
         f"{run_config.agent} on {run_config.env} at step {report['step']}: "
-        f"return {report['mean_return']:.2f} ± {report['std_return']:.2f} ({episodes} {mode} episodes)"
+        f"return {report['mean_return']:.2f} ± {report['std_return']:.2f} ({episodes} {mode} episodes{rule})"
     )
     gap = report.get("overestimation")
     if gap and gap["states"]:

@@ -27,7 +27,7 @@ from core.callbacks import CheckpointCallback, EvalCallback, RichProgressCallbac
 from core.checkpoint import CheckpointManager
 from core.datasets import TransitionDataset
 from core.envs import EnvFamily, family_for
-from core.errors import UsageError, ZooError
+from core.errors import UsageError, ZooError, check_choice
 from core.evaluation import overestimation_gap, run_episodes
 from core.logging import configure_run_logger
 from core.noise import SizedActionNoise
@@ -290,6 +290,17 @@ def q_value_function(model: BaseAlgorithm) -> Callable[[np.ndarray], np.ndarray]
     return q_values
 
 
+def set_test_policy(model: BaseAlgorithm, agent: str, test_policy: str) -> None:
+    """Switch an offline actor-critic's greedy action rule; a usage error for other agents."""
+    policy: Any = model.policy
+    if not hasattr(policy, "test_policy"):
+        raise UsageError(f"--test-policy: {agent} has no test policies (bc, brac and offline_sac have them)")
+    check_choice("--test-policy", test_policy, ("deterministic", "max_q"))
+    if test_policy == "max_q" and getattr(policy, "critic", None) is None:
+        raise UsageError(f"--test-policy max_q: {agent} has no Q-network to pick actions with")
+    policy.test_policy = test_policy
+
+
 def evaluate_run(
     run_dir: Path,
     config: RunConfig,
@@ -300,12 +311,19 @@ def evaluate_run(
     gap_episodes: int,
     console: Console,
     quiet: bool,
+    test_policy: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's newest checkpoint; writes ``eval.json`` and appends to ``eval-history.jsonl``."""
+    """Evaluate a run's newest checkpoint; writes ``eval.json`` and appends to ``eval-history.jsonl``.
+
+    :param test_policy: for agents with test policies (offline actor-critics): ``deterministic`` or
+        ``max_q`` replaces the run's own choice for this evaluation
+    """
     setup = prepare(config)
     eval_seed = config.seed + EVAL_SEED_OFFSET if seed is None else seed
     env = make_env(setup, config, n_envs=1, seed=eval_seed, training=False)
     model, step = load_for_eval(setup, run_dir, config, env)
+    if test_policy is not None:
+        set_test_policy(model, config.agent, test_policy)
     with (
         console.status(f"evaluating {episodes} episodes", spinner="dots")
         if not quiet
@@ -318,6 +336,7 @@ def evaluate_run(
         "step": step,
         "episodes": episodes,
         "deterministic": deterministic,
+        **({"test_policy": model.policy.test_policy} if hasattr(model.policy, "test_policy") else {}),
         "seed": eval_seed,
         "mean_return": result.mean,
         "std_return": result.std,
