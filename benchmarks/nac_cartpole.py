@@ -90,8 +90,8 @@ def demonstrator(args: argparse.Namespace) -> Path:
         if run.exists():
             shutil.rmtree(run)  # an interrupted search for the threshold: start it again
         zoo(
-            "train", "scdqn", "--env", ENV, "--seed", "0", "--device", "cpu", "--quiet", "--eval-every", "1000",
-            "--stop-at-return", str(args.demonstrator_return), "--run-dir", str(run),
+            "train", "scdqn", "--env", ENV, "--seed", "0", "--device", "cpu", "--quiet",
+            "--eval-every", "1000", "--stop-at-return", str(args.demonstrator_return), "--run-dir", str(run),
         )  # fmt: skip
     return run
 
@@ -128,7 +128,8 @@ def main() -> None:
     if not (root / name).exists():
         zoo(
             "collect", "--run", str(source), "--steps", str(args.demo_steps), "--mix", "noisy:1",
-            "--noise", f"eps:{args.random_fraction}", "--seed", "0", "--name", name, "--root", str(root), "--quiet",
+            "--noise", f"eps:{args.random_fraction}", "--seed", "0", "--name", name, "--root", str(root),
+            "--quiet",
         )  # fmt: skip
 
     from core.minari_io import load_dataset
