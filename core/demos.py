@@ -1,6 +1,6 @@
 """Learning from demonstrations in two stages, for off-policy agents (NAC, DQfD, soft Q-learning, ...).
 
-Gao et al. 2018 (arXiv 1802.05313, Algorithm 1) and Hester et al. 2018 (DQfD) share one procedure:
+Gao et al. 2018 (arXiv 1802.05313, NAC's algorithm) and Hester et al. 2018 (DQfD) share one procedure:
 
 1. **Stage 1** makes ``pretrain_steps`` gradient steps on the demonstrations only; the env is not stepped.
 2. **Stage 2** is SB3's off-policy loop (act, store, ``train``). The demonstrations stay in their own

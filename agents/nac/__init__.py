@@ -36,7 +36,7 @@ DQFD_SPEC = AgentSpec(
     action_spaces=(spaces.Discrete,),
     value_based=True,
     demonstrations=True,
-    # DQfD's paper defaults (Hester et al. 2018, Sec. 4): n = 10, margin 0.8, lambda_3 = 1e-5, eps 0.01.
+    # DQfD's paper defaults (Hester et al. 2018): n = 10, margin 0.8, lambda_3 = 1e-5, epsilon 0.01.
     hyperparameters={
         "loss": "dqfd",
         "n_step_return": 10,

@@ -10,13 +10,13 @@ from torch.nn import functional as F
 
 
 def soft_value(q_values: th.Tensor, alpha: float) -> th.Tensor:
-    """``V_Q(s) = alpha * logsumexp_a(Q(s, a) / alpha)``: ``[B, A]`` -> ``[B]`` (Gao et al. 2018, Sec. 3.2,
-    the soft value of the Boltzmann policy ``pi_Q(a|s) = exp((Q(s, a) - V_Q(s)) / alpha)``)."""
+    """``V_Q(s) = alpha * logsumexp_a(Q(s, a) / alpha)``: ``[B, A]`` -> ``[B]`` (Gao et al. 2018: the soft
+    value of the Boltzmann policy ``pi_Q(a|s) = exp((Q(s, a) - V_Q(s)) / alpha)``)."""
     return alpha * th.logsumexp(q_values / alpha, dim=-1)
 
 
 def nac_loss(q_taken: th.Tensor, value: th.Tensor, q_target: th.Tensor, value_target: th.Tensor) -> th.Tensor:
-    """NAC's surrogate loss (Gao et al. 2018, Sec. 3.3), whose gradient is the paper's
+    """NAC's surrogate loss (Gao et al. 2018, the NAC gradient), whose gradient is the paper's
 
         grad = (grad Q(s,a) - grad V_Q(s)) (Q(s,a) - Qhat(s,a)) + grad 1/2 (V_Q(s) - Vhat(s))^2
 
@@ -40,7 +40,7 @@ def soft_q_loss(q_taken: th.Tensor, q_target: th.Tensor) -> th.Tensor:
 def large_margin_loss(
     q_values: th.Tensor, actions: th.Tensor, margin: float, is_demo: th.Tensor
 ) -> th.Tensor:
-    """DQfD's supervised loss (Hester et al. 2018, Eq. 3) on the demonstrations' transitions:
+    """DQfD's supervised loss (Hester et al. 2018, ``J_E``) on the demonstrations' transitions:
     ``max_a [Q(s, a) + l(a_E, a)] - Q(s, a_E)`` with ``l = margin`` for ``a != a_E``, else 0. Transitions
     of the agent's own replay count as 0 (the paper's lambda_2 = 0 for self-generated data).
 

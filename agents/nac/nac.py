@@ -7,7 +7,8 @@ spec ``shared/specs/nac.md``, Schulman, Chen & Abbeel 2017 (arXiv:1704.06440, th
 gradient equivalence NAC builds on) and, for the ``dqfd`` baseline, Hester et al., "Deep Q-learning from
 Demonstrations", AAAI 2018.
 
-``loss="nac"`` (Sec. 3.3): with temperature ``alpha`` and a target network ``Q'``,
+``loss="nac"`` (the paper's sections and equations are named, not numbered, here: the paper could not be
+checked offline), with temperature ``alpha`` and a target network ``Q'``,
 
     V_Q(s)  = alpha logsumexp_a Q(s, a) / alpha,        pi_Q(a|s) = exp((Q(s, a) - V_Q(s)) / alpha)
     Qhat    = r + gamma^n (1 - terminated) V_Q'(s')      (n = ``n_step_return``)
@@ -30,11 +31,12 @@ sample ``pi_Q`` (temperature ``alpha``), behavior cloning samples its softmax, D
 
 Differences from the paper, and choices it leaves open:
 - ``Vhat = Qhat``: the paper's ``Vhat(s)`` is an expectation under ``pi_Q``, which a dataset can estimate
-  only with its own action ``a``. Adding the entropy bonus (``Vhat = Qhat + alpha H(pi_Q(.|s))``) would make
-  the ``V`` term cancel the normalization wherever ``Q(s, a)`` equals the policy's mean ``Q``, and
-  ``Vhat = Qhat - alpha log pi_Q(a|s)`` cancels it exactly (NAC would be soft Q-learning; Schulman et al.
-  2017, Sec. 3); ``Vhat = Qhat`` keeps the normalization: NAC's gradient is soft Q-learning's plus
-  ``-alpha log pi_Q(a|s) grad V_Q(s)``.
+  only with its own action ``a``. With ``Vhat = Qhat - alpha log pi_Q(a|s)`` the ``V`` term cancels the
+  normalization exactly (NAC would be soft Q-learning; Schulman et al. 2017); with the entropy bonus,
+  ``Vhat = Qhat + alpha H(pi_Q(.|s))``, NAC's gradient is soft Q-learning's plus
+  ``(E_pi_Q Q(s, .) - Q(s, a)) grad V_Q(s)``, which raises every ``Q(s, .)`` wherever the policy already
+  prefers the demonstrated action. ``Vhat = Qhat`` keeps the normalization: NAC's gradient is soft
+  Q-learning's plus ``-alpha log pi_Q(a|s) grad V_Q(s)``, which always lowers ``V_Q(s)``.
 - No importance weights (as the paper); squared errors as the paper (DQfD's TD terms use DQN's Huber).
 - Demonstrations stay in their own replay in stage 2 at a fixed share (DQfD used prioritized replay with a
   demonstration bonus instead); uniform sampling within each replay.
