@@ -46,7 +46,7 @@ class AgentSpec:
     episodic_replay: Literal["always", "images", "never"] = "always"
     offline: bool = False
     demonstrations: bool = False
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def policy_for(self, kind: ObservationKind) -> str:
         return self.image_policy if kind == "image" else self.vector_policy

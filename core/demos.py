@@ -235,6 +235,8 @@ class DemonstrationLearning(ExactStepBudget):
         continue_training = True
         if self.num_timesteps < stage_one_end:
             continue_training = self._pretrain(min(stage_one_end, total_timesteps), callback)
+            # SB3's time/fps of stage 2 counts env steps from here, not the gradient steps before.
+            self.start_time, self._num_timesteps_at_start = time.time_ns(), self.num_timesteps
         assert isinstance(self.train_freq, TrainFreq)
         while continue_training and self.num_timesteps < total_timesteps:
             rollout = self.collect_rollouts(
