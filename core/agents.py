@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -28,6 +29,11 @@ class AgentSpec:
     :param offline: the agent learns from a dataset (``zoo train AGENT --dataset``) through
         :class:`core.offline.OfflineAlgorithm`'s ``set_dataset`` and ``learn_offline``; its steps are
         gradient steps and the env is only used for evaluation
+    :param demonstrations: the agent learns from demonstrations (``zoo train AGENT --demos``), then
+        acts online: an off-policy algorithm with ``set_demonstrations`` (see ``core.demos``)
+    :param hyperparameters: constructor arguments the agent's name stands for, the lowest layer of
+        its configuration (zoo.yaml and ``--set`` override them); e.g. ``dqfd`` is NAC's class with
+        ``loss="dqfd"``
     """
 
     name: str
@@ -39,6 +45,8 @@ class AgentSpec:
     value_based: bool = False
     episodic_replay: Literal["always", "images", "never"] = "always"
     offline: bool = False
+    demonstrations: bool = False
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def policy_for(self, kind: ObservationKind) -> str:
         return self.image_policy if kind == "image" else self.vector_policy

@@ -236,14 +236,17 @@ class EpisodicReplayBuffer(ReplayBuffer):
         steps = self.first_retained[env_indices] + draws - (ends - counts)[env_indices]
         return env_indices, steps
 
-    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
+    def sample(
+        self, batch_size: int, env: VecNormalize | None = None, n_steps: int | None = None
+    ) -> ReplayBufferSamples:
         """Sample ``batch_size`` (n-step) transitions uniformly over retained transitions.
 
         :param batch_size: Number of transitions
         :param env: VecNormalize to normalize observations and rewards with, as in SB3
+        :param n_steps: The n of the n-step return (``None``: the buffer's ``n_steps``)
         :return: SB3's samples; ``discounts`` is ``gamma ** steps_included`` when ``n_steps > 1``
         """
-        return self.get_transitions(*self.sample_indices(batch_size), env=env)
+        return self.get_transitions(*self.sample_indices(batch_size), env=env, n_steps=n_steps)
 
     def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> ReplayBufferSamples:
         # SB3's slot indices are not meaningful here; draw fresh indices of the same count.
@@ -268,19 +271,28 @@ class EpisodicReplayBuffer(ReplayBuffer):
         return obs.to(self.device)
 
     def get_transitions(
-        self, env_indices: np.ndarray, steps: np.ndarray, env: VecNormalize | None = None
+        self,
+        env_indices: np.ndarray,
+        steps: np.ndarray,
+        env: VecNormalize | None = None,
+        n_steps: int | None = None,
     ) -> ReplayBufferSamples:
         """The (n-step) transitions starting at absolute ``steps`` of ``env_indices``; must be retained.
 
         The n-step window stops at the first episode end and at the env's newest step; ``dones`` is 1
         only if it stopped at a true termination; ``next_observations`` follow its last step.
+        ``n_steps`` overrides the buffer's own (e.g. DQfD reads 1-step and n-step returns of the same
+        transitions); ``discounts`` is set whenever the n used is above 1.
         """
+        n_steps = self.n_steps if n_steps is None else n_steps
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         env_col = env_indices[:, None]
-        offsets = np.arange(self.n_steps)
+        offsets = np.arange(n_steps)
         window = steps[:, None] + offsets
         slots = window % self.buffer_size
         stop = self.ends[env_col, slots] | (window == self.steps_written[env_col] - 1)
-        n_included = np.where(stop.any(axis=1), stop.argmax(axis=1), self.n_steps - 1) + 1
+        n_included = np.where(stop.any(axis=1), stop.argmax(axis=1), n_steps - 1) + 1
         last = slots[np.arange(len(steps)), n_included - 1]
         first = slots[:, 0]
         reward_seq = self._normalize_reward(self.rewards[env_col, slots], env)
@@ -294,7 +306,7 @@ class EpisodicReplayBuffer(ReplayBuffer):
             next_observations=self._gather_obs(env_indices, next_starts, 1, env)[:, 0],
             dones=self._tensor(self.terminated[env_indices, last, None].astype(np.float32)),
             rewards=self._tensor(rewards.astype(np.float32)),
-            discounts=self._tensor(discounts.astype(np.float32)) if self.n_steps > 1 else None,
+            discounts=self._tensor(discounts.astype(np.float32)) if n_steps > 1 else None,
         )
 
     def sequence_starts(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:

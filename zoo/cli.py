@@ -19,6 +19,7 @@ from core.errors import UsageError, ZooError
 from zoo.cli_data import register_data_commands
 
 if TYPE_CHECKING:
+    from core.agents import AgentSpec
     from core.datasets import TransitionDataset
     from zoo.config import RunConfig
 
@@ -117,8 +118,18 @@ def train(
         str | None,
         typer.Option(
             "--dataset",
-            help="Offline agents: the Minari dataset (name or folder) to learn from; --env defaults "
+            "--demos",
+            help="Offline agents: the Minari dataset (name or folder) to learn from; agents that learn "
+            "from demonstrations (nac, dqfd, soft_q, nac_continuous): the demonstrations. --env defaults "
             "to the dataset's env.",
+        ),
+    ] = None,
+    pretrain_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--pretrain-steps",
+            help="Agents that learn from demonstrations: stage-1 gradient steps on them "
+            "(--set pretrain_steps=N).",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -126,7 +137,9 @@ def train(
     """Train AGENT on --env into a new run folder (or --resume one).
 
     Offline agents (brac, bc, offline_sac) learn from --dataset instead; their --steps are gradient
-    steps and the env is only used for evaluation.
+    steps and the env is only used for evaluation. Agents that learn from demonstrations (nac, dqfd,
+    soft_q, nac_continuous) take --demos: --steps counts --pretrain-steps gradient steps on them, then
+    env steps.
     """
     from zoo import config as cfg
     from zoo import runner, runs
@@ -140,6 +153,8 @@ def train(
         overrides.append(f"checkpoint_every={checkpoint_every}")
     if stop_at_return is not None:
         overrides.append(f"stop_at_return={stop_at_return}")
+    if pretrain_steps is not None:
+        overrides.append(f"pretrain_steps={pretrain_steps}")
     if steps is not None and steps <= 0:
         raise UsageError(f"--steps {steps}: must be a positive number of env steps")
 
@@ -178,7 +193,7 @@ def train(
             offline_data, run_config = _offline_dataset(run_config)
         else:
             loaded = None
-            if agent is not None and env is None and dataset is not None and _is_offline(agent, dataset):
+            if agent is not None and env is None and dataset is not None and _uses_dataset(agent, dataset):
                 from core.minari_io import load_dataset
 
                 loaded = load_dataset(dataset)  # --env defaults to the dataset's env
@@ -204,7 +219,7 @@ def train(
         runs.create_run_dir(target, run_config, "zoo " + shlex.join(sys.argv[1:]))
 
     runner.resolve_device(run_config.device)
-    unit = "steps" if run_config.dataset is None else "gradient steps"
+    unit = "gradient steps" if _spec(run_config.agent).offline else "steps"
     if not quiet:
         source = "" if run_config.dataset is None else f" from {run_config.dataset}"
         console.print(
@@ -236,11 +251,12 @@ def train(
 def _offline_dataset(
     run_config: RunConfig, loaded: TransitionDataset | None = None
 ) -> tuple[TransitionDataset | None, RunConfig]:
-    """Check an offline run's dataset before its folder exists (bad data writes nothing); the config
-    then records the dataset's absolute path. Online agents refuse ``--dataset``."""
+    """Check an offline run's dataset (or a run's demonstrations) before its folder exists (bad data
+    writes nothing); the config then records the dataset's absolute path. Online agents refuse
+    ``--dataset``."""
     from zoo import runner
 
-    if not _is_offline(run_config.agent, run_config.dataset):
+    if not _uses_dataset(run_config.agent, run_config.dataset):
         return None, run_config
     if loaded is None:
         data = runner.open_offline_dataset(run_config)
@@ -253,15 +269,27 @@ def _offline_dataset(
     return data, run_config
 
 
-def _is_offline(agent: str, dataset: str | None) -> bool:
-    """Whether ``agent`` learns from a dataset; ``--dataset`` given to an online agent is an error."""
+def _spec(agent: str) -> AgentSpec:
     from core.agents import AGENTS
 
-    if AGENTS.get(agent).offline:
+    return AGENTS.get(agent)
+
+
+def _uses_dataset(agent: str, dataset: str | None) -> bool:
+    """Whether ``agent`` learns from a dataset (offline, or demonstrations); ``--dataset``/``--demos``
+    given to an agent that learns online only is an error."""
+    from core.agents import AGENTS
+
+    spec = AGENTS.get(agent)
+    if spec.offline or spec.demonstrations:
         return True
     if dataset is not None:
-        offline = ", ".join(name for name, spec in AGENTS.items() if spec.offline) or "none installed"
-        raise UsageError(f"--dataset: {agent} learns online; agents that learn from a dataset: {offline}")
+        offline = ", ".join(name for name, s in AGENTS.items() if s.offline) or "none installed"
+        demos = ", ".join(name for name, s in AGENTS.items() if s.demonstrations) or "none installed"
+        raise UsageError(
+            f"--dataset/--demos: {agent} learns online; agents that learn from a dataset: {offline}; "
+            f"from demonstrations: {demos}"
+        )
     return False
 
 

@@ -2,6 +2,7 @@
 
 A run's configuration is resolved from layers, later ones winning:
 
+0. the agent's own ``AgentSpec.hyperparameters`` (what its name stands for, e.g. ``dqfd``: ``loss=dqfd``)
 1. ``run:`` in zoo.yaml (run-level defaults: steps, n_envs, evaluation and checkpoint cadence)
 2. ``envs.<family>:`` (env options of the family, e.g. Atari sticky actions)
 3. ``agents.<agent>.default``, then ``agents.<agent>.<family>``, then ``agents.<agent>.<env id>``
@@ -83,7 +84,8 @@ class RunConfig(RunSettings):
     :param env_options: options of the env family (validated by the family's model)
     :param hyperparameters: keyword arguments of the agent's constructor
     :param dataset: for offline agents, the dataset learned from (an absolute folder path, so the run
-        reproduces and resumes from anywhere); ``steps`` then counts gradient steps
+        reproduces and resumes from anywhere); ``steps`` then counts gradient steps. For agents that
+        learn from demonstrations (``--demos``), the demonstrations
     """
 
     agent: str
@@ -477,7 +479,7 @@ def resolve(
 
     run: dict[str, Any] = {}
     env_options: dict[str, Any] = {}
-    hyper: dict[str, Any] = {}
+    hyper: dict[str, Any] = deep_merge({}, spec.hyperparameters)  # what the agent's name stands for
     for config_file in files:
         for _, block in config_file.layers_for(agent, family.name, env_id):
             block_run, block_env, block_hyper = split_block(block)

@@ -143,10 +143,16 @@ class TrainOutcome:
 
 
 def open_offline_dataset(config: RunConfig) -> TransitionDataset:
-    """The dataset of an offline run, loaded and checked against the run's env (one-line errors)."""
+    """The dataset of an offline run (or the demonstrations of a run that learns from them), loaded and
+    checked against the run's env (one-line errors)."""
     from core.minari_io import load_dataset
 
     if config.dataset is None:
+        if AGENTS.get(config.agent).demonstrations:
+            raise UsageError(
+                f"{config.agent} learns from demonstrations: pass --demos NAME_OR_PATH "
+                "(see `zoo dataset list`)"
+            )
         raise UsageError(
             f"{config.agent} learns offline: pass --dataset NAME_OR_PATH (see `zoo dataset list`)"
         )
@@ -175,11 +181,12 @@ def train(
     dataset: TransitionDataset | None = None,
 ) -> TrainOutcome:
     """Train (or resume) the run in ``run_dir`` until ``config.steps`` env steps (gradient steps for
-    an offline agent, which learns from ``dataset``, or ``config.dataset`` when none is given)."""
+    an offline agent, which learns from ``dataset``, or ``config.dataset`` when none is given; for an
+    agent that learns from demonstrations, stage-1 gradient steps then env steps, see ``core.demos``)."""
     setup = prepare(config)
     manager = checkpoint_manager(run_dir, config)
     offline = setup.spec.offline
-    if offline and dataset is None:
+    if (offline or setup.spec.demonstrations) and dataset is None:
         dataset = open_offline_dataset(config)
     # An offline agent never steps its env: it only gives the model its spaces.
     n_envs = 1 if offline else config.n_envs
@@ -196,6 +203,9 @@ def train(
         assert dataset is not None
         model.set_dataset(dataset)  # type: ignore[attr-defined]
         learn = model.learn_offline  # type: ignore[attr-defined]
+    elif setup.spec.demonstrations:
+        assert dataset is not None
+        model.set_demonstrations(dataset)  # type: ignore[attr-defined]
 
     remaining = config.steps - model.num_timesteps
     save = lambda m, directory: save_training_state(m, directory, include_replay=config.save_replay)  # noqa: E731
