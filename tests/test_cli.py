@@ -61,6 +61,8 @@ def test_config_show_and_validate(capsys: pytest.CaptureFixture[str], tmp_path: 
         (["train", "scdqn", "--env", "CartPole-v1", "--device", "tpu"], "expected auto, cpu or cuda"),
         (["train", "scdqn", "--env", "Pendulum-v1", "--steps", "10"], "scdqn needs a Discrete action space"),
         (["train", "scdqn", "--env", "CartPole-v1", "--set", "bta=2"], "did you mean beta?"),
+        # refused by the agent's constructor, after the run folder was made: the folder goes again
+        (["train", "scdqn", "--env", "CartPole-v1", "--set", "beta=-1"], "beta must be a finite number >= 0"),
         (
             ["train", "scdqn", "--env", "CartPole-v1", "--config", "missing.yaml"],
             "missing.yaml: no such file",
@@ -80,8 +82,28 @@ def test_train_bad_input_exits_2(
     assert code == 2, err
     assert message in err
     assert "Traceback" not in err
-    if "Pendulum" not in " ".join(args):
-        assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_leaves_a_given_empty_run_dir_empty(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "scdqn",
+        "--env",
+        "CartPole-v1",
+        "--set",
+        "beta=-1",
+        "--run-dir",
+        str(target),
+        "--quiet",
+    )
+    assert code == 2 and "beta must be" in err
+    assert target.is_dir() and not any(target.iterdir())
 
 
 def test_existing_run_dir_is_never_overwritten(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -159,6 +159,7 @@ def train(
         raise UsageError(f"--steps {steps}: must be a positive number of env steps")
 
     offline_data = None
+    created: Path | None = None  # the outermost folder this command made for a new run
     if resume is not None:
         if agent or env or config or overrides or run_dir or dataset or seed is not None:
             raise UsageError(
@@ -216,6 +217,7 @@ def train(
             offline_data, run_config = _offline_dataset(run_config, loaded)
         runner.resolve_device(run_config.device)
         target = run_dir if run_dir is not None else runs.new_run_dir(run_config)
+        created = runs.first_missing_folder(target.absolute())
         runs.create_run_dir(target, run_config, "zoo " + shlex.join(sys.argv[1:]))
 
     runner.resolve_device(run_config.device)
@@ -226,9 +228,14 @@ def train(
             f"[bold]{run_config.agent}[/] on [bold]{run_config.env}[/]{source}, seed {run_config.seed}, "
             f"{run_config.steps} {unit} -> {target}"
         )
-    outcome = runner.train(
-        run_config, target, console=console, quiet=quiet, resume=resume is not None, dataset=offline_data
-    )
+    try:
+        outcome = runner.train(
+            run_config, target, console=console, quiet=quiet, resume=resume is not None, dataset=offline_data
+        )
+    except UsageError:
+        if resume is None:  # refused before it began (e.g. by the agent's constructor): leave nothing
+            runs.discard_unstarted_run(target, created=created)
+        raise
     if outcome.status == "interrupted":
         console.print(
             f"interrupted at step {outcome.steps}; checkpoint saved. Resume with:\n"

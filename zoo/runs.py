@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -53,6 +54,44 @@ def create_run_dir(run_dir: Path, config: RunConfig, command: str) -> None:
     (run_dir / "command.txt").write_text(command + "\n")
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=2) + "\n")
     write_status(run_dir, status="created", step=0)
+
+
+def first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or ``None``."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def discard_unstarted_run(run_dir: Path, *, created: Path | None) -> None:
+    """Undo :func:`create_run_dir` for a run that failed before its first checkpoint (e.g. a bad
+    hyperparameter the agent's constructor refused): bad input leaves no half-made run behind.
+
+    :param created: the outermost folder that making ``run_dir`` created, or ``None`` when ``run_dir``
+        existed (empty) before: then only its contents go. ``run_dir`` goes whole, and each parent up
+        to ``created`` while it is empty (another run may have been made there meanwhile). A run with
+        a checkpoint is kept.
+    """
+    if any((run_dir / "checkpoints").glob("*")):
+        return
+    if created is None:
+        for child in run_dir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    folder = run_dir.absolute()
+    while folder != created.absolute() and created.absolute() in folder.parents:
+        folder = folder.parent
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there now
+            return
 
 
 def collect_versions() -> dict[str, Any]:
