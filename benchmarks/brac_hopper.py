@@ -100,11 +100,12 @@ def main() -> None:
             "--seed", "0", "--name", DATASET, "--root", str(root),
         )  # fmt: skip
 
-    from core.minari_io import load_dataset
+    from core.minari_io import summarize
 
-    data = load_dataset(dataset_dir)
-    data_returns = data.episode_returns()
-    card = data.metadata.get("card") or {}
+    # Episodes the env ended (as `zoo dataset show`): the one the collection's step budget cut is left out.
+    data = summarize(dataset_dir)
+    data_returns = data.returns
+    card = data.card or {}
 
     results: dict[str, list[dict[str, Any]]] = {learner: [] for learner in args.learners}
     for learner in args.learners:
@@ -134,7 +135,7 @@ def main() -> None:
             print(f"{learner} seed {seed}: greedy return {report['mean_return']:.1f}", flush=True)
 
     lines = [
-        f"{card.get('env_id', '?')}, dataset {DATASET}: {len(data)} transitions, {len(data_returns)} "
+        f"{card.get('env_id', '?')}, dataset {DATASET}: {data.steps} transitions, {len(data_returns)} "
         f"complete episodes, mean episode return {data_returns.mean():.1f} ± {data_returns.std():.1f}; "
         f"behavior policy evaluation return {behavior_return(card)}",
         f"Greedy evaluation of the last checkpoint, {args.eval_episodes} episodes, after {args.steps} "
@@ -160,7 +161,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "table": table,
-        "dataset": {"transitions": len(data), "episode_returns": data_returns.tolist(), "card": card},
+        "dataset": {"transitions": data.steps, "episode_returns": data_returns.tolist(), "card": card},
         "results": results,
     }
     args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
