@@ -389,6 +389,10 @@ def demos_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "observations have shape (4,), Acrobot-v1 expects (6,)",
         ),
         (("nac_continuous", "--demos", "{root}/test/cartpole-v0"), "nac_continuous needs a Box action space"),
+        (
+            ("nac", "--demos", "{root}/test/cartpole-v0", "--pretrain-steps", "-5"),
+            "pretrain_steps must be >= 0 gradient steps, got -5",
+        ),
     ],
 )
 def test_bad_demonstrations_are_one_line_exit_2_and_write_nothing(
