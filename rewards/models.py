@@ -1,0 +1,338 @@
+"""Reward networks ``r_hat(o, a)`` and their ensemble, from Christiano et al. 2017, "Deep RL from Human
+Preferences" (arXiv 1706.03741), Sec. 2.2.3 and Appendix A: the MuJoCo MLP, the Atari CNN, and an
+ensemble of bootstrapped, independently normalized members whose average is normalized again.
+
+Differences from the paper:
+- Validation: each member holds out its own random ``round(N / e)`` comparisons and trains on a
+  bootstrap resample (with replacement, same size) of the rest, so its validation set never overlaps
+  its training set; the paper only says 1/e of the data is held out for each predictor.
+- L2 and its adaptive rule: see :mod:`rewards.preferences`.
+- Normalization statistics are per fit, on the newest ``normalization_steps`` clip steps of the
+  comparisons just fitted; a caller with fresher policy states calls ``update_normalization``.
+  ``target_std`` defaults to 1.0 (the paper normalizes to a constant std; pick the value per domain).
+- Adam's learning rate (3e-4) is ours; Adam's moments are not in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+from torch import nn
+from torch.nn import functional as F
+
+from core.errors import UsageError
+from rewards.preferences import RANDOM_ANSWER_RATE, Comparisons, bootstrap_split, fit_preferences
+
+LEAKY_SLOPE = 0.01  # paper, Appendix A: leaky ReLU with alpha = 0.01
+CONV_LAYERS = ((7, 3), (5, 2), (3, 1), (3, 1))  # (kernel, stride), paper Appendix A.2
+ArrayOrTensor = np.ndarray | th.Tensor
+
+
+def append_actions(
+    features: th.Tensor, actions: th.Tensor | None, action_dim: int | None, discrete: bool
+) -> th.Tensor:
+    """``[B, F]`` features followed by the actions (one-hot if Discrete), or unchanged without
+    ``action_dim``."""
+    if action_dim is None:
+        return features
+    if actions is None:
+        raise UsageError("this reward model takes actions; got none")
+    encoded = F.one_hot(actions.long().reshape(-1), action_dim) if discrete else actions.flatten(1)
+    return th.cat([features, encoded.float()], dim=1)
+
+
+class RewardMLP(nn.Module):
+    """``r_hat(o, a)``: MLP with leaky ReLU on ``[flatten(obs), action]`` -> one scalar per step.
+
+    :param obs_dim: flattened observation size
+    :param action_dim: action size (Discrete: the number of actions), None to ignore actions
+    :param hidden: hidden layer sizes (paper, MuJoCo: 64, 64)
+    :param dropout: dropout rate after each hidden layer
+    :param discrete_actions: actions are Discrete indices, one-hot encoded
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int | None = None,
+        hidden: Sequence[int] = (64, 64),
+        dropout: float = 0.0,
+        discrete_actions: bool = False,
+    ) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.discrete_actions = discrete_actions
+        layers: list[nn.Module] = []
+        in_dim = obs_dim + (action_dim or 0)
+        for size in hidden:
+            layers += [nn.Linear(in_dim, size), nn.LeakyReLU(LEAKY_SLOPE), nn.Dropout(dropout)]
+            in_dim = size
+        layers.append(nn.Linear(in_dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: th.Tensor, actions: th.Tensor | None = None) -> th.Tensor:
+        """Rewards ``[B]`` of ``obs`` ``[B, *obs_shape]`` and ``actions`` ``[B, *action_shape]``."""
+        x = append_actions(obs.float().flatten(1), actions, self.action_dim, self.discrete_actions)
+        return self.net(x).squeeze(-1)
+
+
+class RewardCNN(nn.Module):
+    """``r_hat(o, a)`` on uint8 frames (scaled by 1/255): 4 conv layers (kernels 7, 5, 3, 3, strides
+    3, 2, 1, 1, ``filters`` each; conv -> batch norm -> leaky ReLU -> dropout), FC 64, scalar.
+    Actions, when used, are appended (one-hot for Discrete) after the conv trunk.
+
+    :param observation_shape: ``(C, H, W)``, or ``(H, W, C)`` with ``channels_last``
+    :param action_dim: action size (Discrete: the number of actions), None to ignore actions
+    :param discrete_actions: actions are Discrete indices, one-hot encoded
+    :param dropout: dropout rate after each conv layer (paper: 0.5)
+    :param batch_norm: batch norm after each conv layer (paper: yes)
+    :param channels_last: observations are ``[B, H, W, C]``
+    :param filters: filters per conv layer (paper: 16)
+    :param hidden: size of the fully connected layer (paper: 64)
+    """
+
+    def __init__(
+        self,
+        observation_shape: Sequence[int] = (4, 84, 84),
+        action_dim: int | None = None,
+        discrete_actions: bool = True,
+        dropout: float = 0.5,
+        batch_norm: bool = True,
+        channels_last: bool = False,
+        filters: int = 16,
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        channels, height, width = (
+            (observation_shape[2], *observation_shape[:2]) if channels_last else observation_shape
+        )
+        self.action_dim = action_dim
+        self.discrete_actions = discrete_actions
+        self.channels_last = channels_last
+        layers: list[nn.Module] = []
+        for kernel, stride in CONV_LAYERS:
+            norm = nn.BatchNorm2d(filters) if batch_norm else nn.Identity()
+            layers += [nn.Conv2d(channels, filters, kernel, stride), norm, nn.LeakyReLU(LEAKY_SLOPE)]
+            layers.append(nn.Dropout(dropout))
+            channels = filters
+            height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        if height < 1 or width < 1:
+            raise UsageError(f"frames of shape {tuple(observation_shape)} are too small for the reward CNN")
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(
+            nn.Linear(filters * height * width + (action_dim or 0), hidden),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, obs: th.Tensor, actions: th.Tensor | None = None) -> th.Tensor:
+        """Rewards ``[B]`` of frames ``[B, C, H, W]`` (uint8) and optional actions."""
+        x = obs.float() / 255.0
+        x = self.trunk(x.permute(0, 3, 1, 2) if self.channels_last else x)
+        x = append_actions(x, actions, self.action_dim, self.discrete_actions)
+        return self.head(x).squeeze(-1)
+
+
+class FitReport(NamedTuple):
+    """One :meth:`RewardEnsemble.fit`; each tuple holds one value per member after the last epoch
+    (losses are mean cross-entropies without the L2 term; NaN where a member has no validation data).
+    """
+
+    train_loss: tuple[float, ...]
+    validation_loss: tuple[float, ...]
+    validation_accuracy: tuple[float, ...]
+    weight_decay: tuple[float, ...]
+    epochs: int
+
+
+class RewardEnsemble(nn.Module):
+    """``members`` reward networks fit to preferences; ``predict`` is the normalized average.
+
+    :param members: ensemble size (paper: 3)
+    :param make_member: builds one network ``net(obs [B, ...], actions [B, ...]) -> [B]``
+    :param target_std: std of ``predict`` on the normalization states
+    :param learning_rate: Adam's learning rate
+    :param weight_decay: initial L2 coefficient of every member
+    :param weight_decay_factor: multiplier of the adaptive L2 rule, applied after each epoch
+    :param weight_decay_bounds: the coefficient stays inside these
+    :param random_answer_rate: the labeler's chance of a uniformly random answer (paper: 0.1)
+    :param normalization_steps: clip steps (the newest comparisons') the statistics come from after a fit
+    :param chunk_size: steps per forward pass when predicting
+    """
+
+    member_mean: th.Tensor
+    member_std: th.Tensor
+    output_mean: th.Tensor
+    output_std: th.Tensor
+    weight_decay: th.Tensor
+
+    def __init__(
+        self,
+        members: int = 3,
+        *,
+        make_member: Callable[[], nn.Module],
+        target_std: float = 1.0,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 1e-3,
+        weight_decay_factor: float = 1.1,
+        weight_decay_bounds: tuple[float, float] = (1e-6, 1.0),
+        random_answer_rate: float = RANDOM_ANSWER_RATE,
+        normalization_steps: int = 10_000,
+        chunk_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        if members < 1:
+            raise UsageError(f"a reward ensemble needs at least one member; got {members}")
+        self.nets = nn.ModuleList(make_member() for _ in range(members))
+        self.optimizers = [th.optim.Adam(net.parameters(), lr=learning_rate) for net in self.nets]
+        self.target_std = target_std
+        self.decay_rule = (weight_decay_factor, weight_decay_bounds)
+        self.random_answer_rate = random_answer_rate
+        self.normalization_steps = normalization_steps
+        self.chunk_size = chunk_size
+        self.register_buffer("member_mean", th.zeros(members))
+        self.register_buffer("member_std", th.ones(members))
+        self.register_buffer("output_mean", th.zeros(()))
+        self.register_buffer("output_std", th.ones(()))
+        self.register_buffer("weight_decay", th.full((members,), float(weight_decay)))
+
+    @property
+    def n_members(self) -> int:
+        return len(self.nets)
+
+    @property
+    def device(self) -> th.device:
+        return self.member_mean.device
+
+    def _raw(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None) -> th.Tensor:
+        """Unnormalized member outputs ``[n, T]``, in eval mode (restored after) without gradients."""
+        obs_t = th.as_tensor(obs, device=self.device)
+        act_t = None if actions is None else th.as_tensor(actions, device=self.device)
+        was_training, chunks = self.training, []
+        self.eval()
+        with th.no_grad():
+            for start in range(0, len(obs_t), self.chunk_size):
+                stop = start + self.chunk_size
+                chunk_actions = None if act_t is None else act_t[start:stop]
+                chunks.append(th.stack([net(obs_t[start:stop], chunk_actions) for net in self.nets]))
+        self.train(was_training)
+        return th.cat(chunks, dim=1)
+
+    def update_normalization(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> None:
+        """Standardize each member, then their average, on these states ``[T, ...]``."""
+        raw = self._raw(obs, actions)
+        self.member_mean.copy_(raw.mean(1))
+        self.member_std.copy_(raw.std(1, unbiased=False).clamp_min(1e-8))
+        average = ((raw - self.member_mean[:, None]) / self.member_std[:, None]).mean(0)
+        self.output_mean.copy_(average.mean())
+        self.output_std.copy_(average.std(unbiased=False).clamp_min(1e-8))
+
+    def member_predictions(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> th.Tensor:
+        """Each member's standardized rewards ``[n, T]`` of ``obs`` ``[T, ...]`` (eval mode)."""
+        return (self._raw(obs, actions) - self.member_mean[:, None]) / self.member_std[:, None]
+
+    def predict(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> th.Tensor:
+        """``r_hat`` ``[T]``: mean of the standardized members, standardized again to ``target_std``."""
+        average = self.member_predictions(obs, actions).mean(0)
+        return (average - self.output_mean) / self.output_std * self.target_std
+
+    def fit(
+        self,
+        comparisons: Comparisons,
+        epochs: int = 1,
+        batch_size: int = 64,
+        generator: th.Generator | None = None,
+    ) -> FitReport:
+        """Fit every member to its bootstrap resample, then recompute the normalization statistics.
+
+        :param comparisons: all labeled comparisons so far, oldest first
+        :param epochs: passes over each member's training set
+        :param batch_size: comparisons per gradient step
+        :param generator: CPU generator for splits, resamples and batch order (default: torch's global
+            RNG, which dropout always uses)
+        """
+        if comparisons.size == 0:
+            raise UsageError("fitting the reward model needs at least one comparison")
+        if epochs < 1 or batch_size < 1:
+            raise UsageError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
+        was_training, results = self.training, []
+        for i, (net, optimizer) in enumerate(zip(self.nets, self.optimizers, strict=True)):
+            train_index, val_index = bootstrap_split(comparisons.size, generator)
+            result = fit_preferences(
+                net,
+                optimizer,
+                comparisons,  # stays where it is: batches move to the device one by one
+                train_index,
+                val_index,
+                epochs=epochs,
+                batch_size=batch_size,
+                weight_decay=float(self.weight_decay[i]),
+                decay_rule=self.decay_rule,
+                random_answer_rate=self.random_answer_rate,
+                generator=generator,
+            )
+            self.weight_decay[i] = result[-1]
+            results.append(result)
+        self.train(was_training)
+        self.update_normalization(*comparisons.newest(self.normalization_steps))
+        train, val, accuracy, decay = (tuple(column) for column in zip(*results, strict=True))
+        return FitReport(train, val, accuracy, decay, epochs)
+
+
+def _action_encoding(action_space: spaces.Space) -> tuple[int, bool]:
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n), True
+    if isinstance(action_space, spaces.Box):
+        return int(np.prod(action_space.shape)), False
+    raise UsageError(
+        f"the reward model takes Box or Discrete actions, got {type(action_space).__name__} "
+        "(use_actions=False ignores actions)"
+    )
+
+
+def build_reward_ensemble(
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    members: int = 3,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    dropout: float | None = None,
+    batch_norm: bool = True,
+    use_actions: bool | None = None,
+    **ensemble_kwargs: Any,
+) -> RewardEnsemble:
+    """A :class:`RewardEnsemble` of :class:`RewardCNN` (image spaces) or :class:`RewardMLP` members.
+
+    :param observation_space: a Box (uint8 images with 3 dimensions get the CNN)
+    :param action_space: Box or Discrete (anything, with ``use_actions=False``)
+    :param members: ensemble size
+    :param hidden: MLP hidden sizes
+    :param dropout: dropout rate (default: 0.5 for the CNN, as the paper's Atari net; 0 for the MLP)
+    :param batch_norm: batch norm in the CNN
+    :param use_actions: feed actions to the reward (default: yes for vectors, no for images, as the
+        paper's Atari predictor sees frames only)
+    :param ensemble_kwargs: passed to :class:`RewardEnsemble` (``target_std``, ``learning_rate``, ...)
+    """
+    if not isinstance(observation_space, spaces.Box):
+        raise UsageError(f"the reward model takes Box observations, got {type(observation_space).__name__}")
+    image = is_image_space(observation_space, check_channels=False)
+    use_actions = not image if use_actions is None else use_actions
+    action_dim, discrete = _action_encoding(action_space) if use_actions else (None, False)
+    make_member: Callable[[], nn.Module]
+    if image:
+        channels_last = not is_image_space_channels_first(observation_space)
+        rate = 0.5 if dropout is None else dropout
+        shape = tuple(observation_space.shape)
+        make_member = functools.partial(
+            RewardCNN, shape, action_dim, discrete, rate, batch_norm, channels_last
+        )
+    else:
+        obs_dim = int(np.prod(observation_space.shape))
+        make_member = functools.partial(RewardMLP, obs_dim, action_dim, hidden, dropout or 0.0, discrete)
+    return RewardEnsemble(members, make_member=make_member, **ensemble_kwargs)
