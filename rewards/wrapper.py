@@ -1,0 +1,160 @@
+"""The learned reward as a VecEnv wrapper: any agent trains on ``r_hat(o, a)`` without knowing it.
+
+:class:`LearnedRewardVecEnv` replaces the env's reward with the reward model's prediction for the
+observation each action was taken in and that action (Christiano et al. 2017: the policy maximizes the
+predicted reward). The true reward stays in ``info["true_reward"]`` for logging and synthetic labels,
+and the wrapped env's monitor keeps reporting true episode returns in ``info["episode"]``. It also
+records the most recent steps of every env (:class:`RecentSteps`), from which the preference loop cuts
+clips to query.
+
+Differences from the paper: none in the reward itself; the wrapper predicts one batch per vector step
+(all envs at once), on the model's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from core.errors import UsageError
+from rewards.clips import Trajectory, split_episodes
+
+RewardFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(observations [n, ...], actions [n, ...]) -> rewards [n]`` (float32)."""
+
+
+class RecentSteps:
+    """The last ``capacity`` steps of each of ``n_envs`` envs, as a ring per env.
+
+    :param n_envs: number of envs
+    :param capacity: steps kept per env (older steps are overwritten)
+    :param observation_shape: shape of one observation
+    :param action_shape: shape of one action (``()`` for Discrete)
+    :param observation_dtype: dtype of the stored observations (uint8 frames stay uint8)
+    :param action_dtype: dtype of the stored actions
+    """
+
+    def __init__(
+        self,
+        n_envs: int,
+        capacity: int,
+        observation_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        observation_dtype: np.dtype[Any] | type = np.float32,
+        action_dtype: np.dtype[Any] | type = np.float32,
+    ) -> None:
+        if capacity < 1:
+            raise UsageError(f"the recent-steps capacity must be >= 1 step per env, got {capacity}")
+        self.capacity = capacity
+        self.observations = np.zeros((n_envs, capacity, *observation_shape), dtype=observation_dtype)
+        self.actions = np.zeros((n_envs, capacity, *action_shape), dtype=action_dtype)
+        self.rewards = np.zeros((n_envs, capacity), dtype=np.float32)
+        self.dones = np.zeros((n_envs, capacity), dtype=bool)
+        self.episode_ids = np.zeros((n_envs, capacity), dtype=np.int64)
+        self.episode_steps = np.zeros((n_envs, capacity), dtype=np.int64)
+        self.added = 0  # vector steps added (each adds one step per env)
+        self._episode = np.arange(n_envs, dtype=np.int64)  # globally unique episode ids: env + k * n_envs
+        self._step_in_episode = np.zeros(n_envs, dtype=np.int64)
+
+    @property
+    def n_envs(self) -> int:
+        return int(self.observations.shape[0])
+
+    def add(
+        self, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray
+    ) -> None:
+        """One vector step: ``observations`` are those the ``actions`` were taken in; ``dones`` end an
+        episode at this step."""
+        slot = self.added % self.capacity
+        self.observations[:, slot] = observations
+        self.actions[:, slot] = np.asarray(actions).reshape(self.actions.shape[:1] + self.actions.shape[2:])
+        self.rewards[:, slot] = rewards
+        self.dones[:, slot] = dones
+        self.episode_ids[:, slot] = self._episode
+        self.episode_steps[:, slot] = self._step_in_episode
+        self.added += 1
+        self._step_in_episode += 1
+        ended = np.asarray(dones, dtype=bool)
+        self._episode[ended] += self.n_envs
+        self._step_in_episode[ended] = 0
+
+    def trajectories(self) -> list[Trajectory]:
+        """The stored steps of every env, split at episode ends, oldest first; a trajectory's ``start``
+        is the episode step of its first row (an episode partly overwritten starts after 0)."""
+        stored = min(self.added, self.capacity)
+        order = (np.arange(stored) + (self.added - stored)) % self.capacity
+        found: list[Trajectory] = []
+        for env in range(self.n_envs):
+            pieces = split_episodes(
+                self.observations[env, order],
+                self.actions[env, order],
+                self.rewards[env, order],
+                self.dones[env, order],
+            )
+            offset = 0
+            for piece in pieces:
+                row = order[offset]
+                found.append(
+                    piece._replace(
+                        episode_id=int(self.episode_ids[env, row]), start=int(self.episode_steps[env, row])
+                    )
+                )
+                offset += len(piece.observations)
+        return found
+
+
+class LearnedRewardVecEnv(VecEnvWrapper):
+    """Rewards from ``reward_fn(o_t, a_t)`` instead of the env's; ``info["true_reward"]`` keeps the env's.
+
+    :param venv: the env (its monitor reports true episode returns)
+    :param reward_fn: the learned reward, batched over envs (see :data:`RewardFunction`)
+    :param recent_steps: steps per env kept for cutting clips (0: record nothing)
+    """
+
+    def __init__(self, venv: VecEnv, reward_fn: RewardFunction, recent_steps: int = 0) -> None:
+        super().__init__(venv)
+        self.reward_fn = reward_fn
+        self._last_obs: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self.recent: RecentSteps | None = None
+        if recent_steps > 0:
+            space = venv.observation_space
+            action_space = venv.action_space
+            if space.shape is None or action_space.shape is None:
+                raise UsageError("the learned reward needs Box or Discrete observations and actions")
+            self.recent = RecentSteps(
+                venv.num_envs,
+                recent_steps,
+                tuple(space.shape),
+                tuple(action_space.shape),
+                observation_dtype=space.dtype if space.dtype is not None else np.float32,
+                action_dtype=action_space.dtype if action_space.dtype is not None else np.float32,
+            )
+
+    def reset(self) -> VecEnvObs:
+        obs = self.venv.reset()
+        self._last_obs = np.asarray(obs)
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+        self.venv.step_async(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, true_rewards, dones, infos = self.venv.step_wait()
+        if self._last_obs is None or self._actions is None:
+            raise RuntimeError("LearnedRewardVecEnv.step_wait before reset() and step_async()")
+        acted_in, actions = self._last_obs, self._actions
+        # The policy maximizes the predicted reward of the observation each action was taken in.
+        rewards = np.asarray(self.reward_fn(acted_in, actions), dtype=np.float32).reshape(self.num_envs)
+        for info, true_reward in zip(infos, true_rewards, strict=True):
+            info["true_reward"] = float(true_reward)
+        if self.recent is not None:
+            self.recent.add(acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones)
+        # After an episode end the VecEnv has reset: ``obs`` is the next episode's first observation.
+        self._last_obs = np.asarray(obs)
+        return obs, rewards, dones, infos
