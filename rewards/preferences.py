@@ -31,10 +31,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError, check_choice
+from rewards.store import CHOICES, choice_target
 
 RANDOM_ANSWER_RATE = 0.1
-CHOICES = ("left", "right", "equal", "cant_tell")
-_MU = {"left": 1.0, "right": 0.0, "equal": 0.5, "cant_tell": None}
 RewardFn = Callable[[th.Tensor, th.Tensor], th.Tensor]  # (obs [B, ...], actions [B, ...]) -> [B]
 
 
@@ -91,8 +90,8 @@ def comparison_returns(reward_fn: RewardFn, batch: Comparisons) -> tuple[th.Tens
 
 def choice_to_mu(choice: str) -> float | None:
     """The label ``mu`` of a labeler's answer: left 1.0, right 0.0, equal 0.5, cant_tell None."""
-    check_choice("preference choice", choice, CHOICES)
-    return _MU[choice]
+    check_choice("preference choice", choice, CHOICES)  # a UsageError with a did-you-mean
+    return choice_target(choice)
 
 
 def _check_rate(random_answer_rate: float) -> None:
