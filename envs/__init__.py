@@ -42,6 +42,28 @@ def seed_env(env: gym.Env, seed: int | None) -> gym.Env:
     return env
 
 
+class GymOptions(EnvOptions):
+    """Options of the plain gymnasium families (classic control, MuJoCo).
+
+    :param env_kwargs: extra keyword arguments passed to ``gymnasium.make`` (MuJoCo v5:
+        ``terminate_when_unhealthy``, ``ctrl_cost_weight``, ...)
+    :param ignore_termination: episodes end only at the time limit; the env's termination condition no
+        longer ends them (the preference paper's "no termination" for tasks without a kwarg for it, e.g.
+        InvertedPendulum: the pole may fall and the reward says so)
+    """
+
+    ignore_termination: bool = False
+
+
+class IgnoreTermination(gym.Wrapper):
+    """``terminated`` is always False; ``info["env_terminated"]`` keeps what the env said."""
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["env_terminated"] = bool(terminated)
+        return obs, reward, False, truncated, info
+
+
 class RegisteredGymFamily(EnvFamily):
     """A family of plain gymnasium ids: ``gymnasium.make(env_id, **options.env_kwargs)``, seeded once.
 
@@ -49,7 +71,7 @@ class RegisteredGymFamily(EnvFamily):
     """
 
     observation_kind = "vector"
-    Options = EnvOptions
+    Options = GymOptions
 
     def make_env(
         self,
@@ -62,4 +84,6 @@ class RegisteredGymFamily(EnvFamily):
     ) -> gym.Env:
         """``gymnasium.make(env_id, **options.env_kwargs)``, reset once with ``seed`` if given."""
         env = make_registered_env(env_id, env_kwargs=options.env_kwargs, render_mode=render_mode)
+        if getattr(options, "ignore_termination", False):
+            env = IgnoreTermination(env)
         return seed_env(env, seed)

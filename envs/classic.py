@@ -19,7 +19,7 @@ BOX2D_IDS = ["LunarLander-v3", "LunarLanderContinuous-v3"]
 class ClassicFamily(RegisteredGymFamily):
     """gymnasium's classic-control tasks with vector observations, built by ``gymnasium.make``.
 
-    Options are :class:`core.envs.EnvOptions` (``env_kwargs`` go to ``gymnasium.make``, e.g.
+    Options are :class:`envs.GymOptions` (``env_kwargs`` go to ``gymnasium.make``, e.g.
     ``sutton_barto_reward: true`` for CartPole). LunarLander is listed only when Box2D is installed.
     Training and evaluation envs are the same.
     """

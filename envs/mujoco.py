@@ -25,7 +25,7 @@ MUJOCO_IDS = [
 class MujocoFamily(RegisteredGymFamily):
     """gymnasium's MuJoCo v5 tasks with vector observations, built by ``gymnasium.make``.
 
-    Options are :class:`core.envs.EnvOptions`: ``env_kwargs`` go to the v5 constructor, e.g.
+    Options are :class:`envs.GymOptions`: ``env_kwargs`` go to the v5 constructor, e.g.
     ``{terminate_when_unhealthy: false}`` or ``{ctrl_cost_weight: 0.0}``. The ``mujoco`` package is
     imported by gymnasium when the first env is made, not when this module is imported.
     Training and evaluation envs are the same.

@@ -27,7 +27,7 @@ Differences from B-Pref:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -166,3 +166,59 @@ def teacher_from_name(
     if name == "myopic":
         return SimulatedTeacher(gamma=0.9, seed=seed)
     return SimulatedTeacher(seed=seed)
+
+
+class PresetTeacher:
+    """A :func:`teacher_from_name` preset whose thresholds and temperature are calibrated on the true
+    returns of the clips of its first batch (the first round's candidates), then kept fixed.
+
+    :param name: a preset name (see :data:`PRESETS`)
+    :param seed: seed of the teacher's randomness
+    """
+
+    def __init__(self, name: str, seed: int | None = None) -> None:
+        if name not in PRESETS:
+            raise UsageError(
+                f"unknown teacher {name!r}; choose one of {', '.join(PRESETS)}{did_you_mean(name, PRESETS)}"
+            )
+        self.name = name
+        self.seed = seed
+        self.teacher: SimulatedTeacher | None = None
+
+    def label(self, pairs: Sequence[tuple[Clip, Clip]]) -> list[str]:
+        if self.teacher is None:
+            returns = [float(true_rewards(clip).sum()) for pair in pairs for clip in pair]
+            self.teacher = teacher_from_name(self.name, clip_returns=returns, seed=self.seed)
+        return self.teacher.label(pairs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The calibration and the generator state (for a checkpoint); empty before the first batch."""
+        if self.teacher is None:
+            return {}
+        t = self.teacher
+        settings = {"beta": t.beta, "gamma": t.gamma, "eps": t.eps, "skip_threshold": t.skip_threshold}
+        return settings | {"equal_threshold": t.equal_threshold, "rng": t.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if not state:
+            self.teacher = None
+            return
+        settings = {k: v for k, v in state.items() if k != "rng"}
+        self.teacher = SimulatedTeacher(**settings)
+        self.teacher.rng.bit_generator.state = state["rng"]
+
+
+def labeler_from_setting(name: str, seed: int | None = None) -> Labeler | None:
+    """The labeler of a ``labeler:`` setting: ``synthetic`` -> :class:`OracleLabeler`,
+    ``teacher:NAME`` -> :class:`PresetTeacher`, ``human`` -> ``None`` (answers come through the store)."""
+    if name == "synthetic":
+        return OracleLabeler()
+    if name == "human":
+        return None
+    kind, _, preset = name.partition(":")
+    if kind != "teacher" or not preset:
+        raise UsageError(
+            f"labeler must be synthetic, human or teacher:NAME ({', '.join(PRESETS)}); got {name!r}"
+        )
+    return PresetTeacher(preset, seed)

@@ -11,19 +11,23 @@ cumulative count is the integral of that rate, ``horizon * log(1 + t / horizon)`
 A round runs at the end of a rollout once ``query_every`` env steps have passed since the last one:
 clips of ``clip_length`` steps are cut from the agent's recent steps (``LearnedRewardVecEnv.recent``),
 pairs are selected (ensemble variance by default), labeled, and the ensemble is refit on all labels so
-far (``initial_epochs`` after the first round, ``epochs`` after later ones).
+far (``initial_epochs`` for the first fit, ``epochs`` for later ones). Queries, their clips and the
+answers live in the label store and the run's clip folder (:mod:`rewards.store`,
+:mod:`rewards.clipfiles`); a checkpoint holds the rest (:meth:`PreferenceCallback.state_dict`).
 
 Differences from the paper:
 - The first round uses clips of the untrained policy's first rollout in place of a separate
   random-policy phase (an untrained policy acts nearly at random); the rewards of that first rollout
   come from the untrained reward model.
-- Labeling is synchronous here (the synthetic and simulated labelers answer at once); the human labeler
-  goes through the label store.
+- Synthetic and simulated labelers answer at once (into the label store, like a human would); a human
+  answers asynchronously and training goes on meanwhile, at most ``run_ahead`` labels ahead.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,10 +35,12 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from core.errors import UsageError
-from rewards.clips import STRATEGIES, QueryPair, comparisons_from_labels, cut_clips, select_pairs
+from rewards.clipfiles import ClipFolder
+from rewards.clips import STRATEGIES, Clip, QueryPair, comparisons_from_labels, cut_clips, select_pairs
 from rewards.labelers import Labeler
 from rewards.models import RewardEnsemble
 from rewards.preferences import Comparisons
+from rewards.store import LabelStore, NewQuery
 from rewards.wrapper import LearnedRewardVecEnv
 
 
@@ -59,9 +65,18 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 class PreferenceCallback(BaseCallback):
     """Drives the preference loop for the agent that learns in ``env``.
 
+    Every query goes through the label store: its clips are written to ``clips`` first, then the query
+    is added; a synchronous labeler (synthetic, simulated teacher) answers into the store at once, a
+    human answers later through the labeling page. The reward model learns from the store's live
+    answers, so what it was fit on is exactly what the store holds.
+
     :param env: the agent's env, wrapped so its reward is ``ensemble``'s (with ``recent_steps`` > 0)
-    :param ensemble: the reward ensemble, refit after every round
-    :param labeler: answers each pair with ``left``, ``right``, ``equal`` or ``cant_tell``
+    :param ensemble: the reward ensemble, refit after every round that brought new answers
+    :param labeler: answers each pair with ``left``, ``right``, ``equal`` or ``cant_tell`` at once;
+        ``None`` for a human, whose answers arrive in the store asynchronously
+    :param store: the label store queries and answers go to
+    :param clips: the folder the clips are written to (the store holds their references)
+    :param labeler_name: the name answers of ``labeler`` are stored under
     :param budget: total labels
     :param total_steps: env steps of the run (the schedule spends ``budget`` by then)
     :param clip_length: steps per clip (paper: 15-60 on MuJoCo, 25 on Atari)
@@ -70,9 +85,14 @@ class PreferenceCallback(BaseCallback):
     :param query_every: env steps between rounds (at rollout ends)
     :param strategy: query selection: ``variance``, ``random`` or ``mixed``
     :param oversampling: candidate pairs per query
-    :param initial_epochs: fitting epochs after the first round (the paper's Atari: 200)
-    :param epochs: fitting epochs after each later round
+    :param initial_epochs: fitting epochs of the first fit (the paper's Atari: 200)
+    :param epochs: fitting epochs of each later fit
     :param batch_size: comparisons per gradient step of the reward model
+    :param run_ahead: training waits while more than this many asked labels are unanswered (``None``:
+        never; only a human labeler leaves labels unanswered)
+    :param poll_seconds: how often a waiting run reads the store
+    :param should_stop: returns True when training must stop (ends a wait, e.g. on Ctrl-C)
+    :param notify: shows a one-line message (a wait for labels); default ``print``
     :param seed: seed of clip cutting and selection
     """
 
@@ -80,8 +100,11 @@ class PreferenceCallback(BaseCallback):
         self,
         env: LearnedRewardVecEnv,
         ensemble: RewardEnsemble,
-        labeler: Labeler,
+        labeler: Labeler | None,
         *,
+        store: LabelStore,
+        clips: ClipFolder,
+        labeler_name: str = "synthetic",
         budget: int,
         total_steps: int,
         clip_length: int = 25,
@@ -93,6 +116,10 @@ class PreferenceCallback(BaseCallback):
         initial_epochs: int = 50,
         epochs: int = 20,
         batch_size: int = 64,
+        run_ahead: int | None = None,
+        poll_seconds: float = 2.0,
+        should_stop: Callable[[], bool] | None = None,
+        notify: Callable[[str], None] = print,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -107,80 +134,168 @@ class PreferenceCallback(BaseCallback):
             raise UsageError(f"need 0 <= initial_share <= 1 and horizon > 0; got {initial_share}, {horizon}")
         if strategy not in STRATEGIES:
             raise UsageError(f"query strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        if run_ahead is not None and run_ahead < 0:
+            raise UsageError(f"run_ahead must be >= 0 labels (or None); got {run_ahead}")
         self.reward_env = env
         self.ensemble = ensemble
         self.labeler = labeler
+        self.store, self.clips, self.labeler_name = store, clips, labeler_name
         self.budget, self.total_steps, self.clip_length = budget, total_steps, clip_length
         self.initial_share, self.horizon, self.query_every = initial_share, horizon, query_every
         self.strategy, self.oversampling = strategy, oversampling
         self.initial_epochs, self.epochs, self.batch_size = initial_epochs, epochs, batch_size
+        self.run_ahead, self.poll_seconds = run_ahead, poll_seconds
+        self.should_stop = should_stop or (lambda: False)
+        self.notify = notify
         self.rng = np.random.default_rng(seed)
         self.generator = th.Generator().manual_seed(seed)
         self.comparisons: Comparisons | None = None
         self.asked = 0  # labels asked (cant_tell answers count: they were asked)
+        self.answered = 0  # live answers read from the store (cant_tell included)
         self.rounds = 0
+        self.fits = 0
+        self.last_answer_id = 0
         self._last_round_step = -query_every
+        self._written: dict[str, Clip] = {}  # clips this process wrote and has not yet read back
+        self._postponed = False
+        self._unfit = 0  # comparisons read since the last fit
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
         waited = self.num_timesteps - self._last_round_step >= self.query_every
-        if self.rounds > 0 and not waited and self.num_timesteps < self.total_steps:
-            return  # the last rollout always gets its round: the budget is spent by ``total_steps``
-        due = labels_due(self.num_timesteps, self.total_steps, self.budget, self.initial_share, self.horizon)
-        if due <= self.asked:
-            return
-        self.query_round(due - self.asked)
+        last = self.num_timesteps >= self.total_steps
+        if self.rounds > 0 and not waited and not last:
+            self._wait_for_answers()
+            return  # the last rollout always gets its round: the budget is asked by ``total_steps``
+        # The first round is the paper's "labels before RL": the initial share, on the first clips.
+        step = self.num_timesteps if self.rounds > 0 else 0
+        due = labels_due(step, self.total_steps, self.budget, self.initial_share, self.horizon)
+        if due > self.asked:
+            self.query_round(due - self.asked)
+        elif self.labeler is None:
+            self._learn_from_new_answers()
+        self._wait_for_answers()
 
     def query_round(self, n_queries: int) -> None:
-        """Cut clips, select ``n_queries`` pairs, label them, refit the ensemble, log."""
+        """Cut clips, select ``n_queries`` pairs, store them as queries, get the synchronous labeler's
+        answers, refit the ensemble on everything answered so far, log."""
         assert self.reward_env.recent is not None
         trajectories = self.reward_env.recent.trajectories()
+        longest = max((len(t.observations) for t in trajectories), default=0)
+        if longest < self.clip_length:
+            # Episodes are shorter than a clip so far (e.g. an untrained policy falls at once): the
+            # round waits for longer ones, at the next rollout end.
+            if not self._postponed:
+                self.notify(
+                    f"query round postponed: the recent episodes have {longest} steps at most, "
+                    f"clips need {self.clip_length} (preference.clip_length)"
+                )
+                self._postponed = True
+            return
+        self._postponed = False
         # Enough clips that the candidate pool holds ``oversampling`` pairs per query.
         n_clips = max(2 * n_queries, math.ceil(math.sqrt(2 * self.oversampling * n_queries)) + 1)
         clips = cut_clips(trajectories, self.clip_length, n_clips, self.rng)
-        fitted = self.comparisons is not None
+        fitted = self.fits > 0
         strategy = self.strategy if fitted else "random"  # an unfitted ensemble's variance means nothing
         pairs = select_pairs(
             self.ensemble if fitted else None, clips, n_queries, strategy, self.oversampling, rng=self.rng
         )
-        choices = self.labeler.label([pair.clips for pair in pairs])
-        self._add(pairs, choices)
+        query_ids = self._add_queries(pairs)
+        if self.labeler is not None:
+            choices = self.labeler.label([pair.clips for pair in pairs])
+            for query_id, choice in zip(query_ids, choices, strict=True):
+                self.store.answer(query_id, self.labeler_name, choice)
         self.asked += len(pairs)
         self.rounds += 1
         self._last_round_step = self.num_timesteps
-        self.logger.record("label/count", self.asked)
-        self.logger.record("label/comparisons", 0 if self.comparisons is None else self.comparisons.size)
         scores = [p.score for p in pairs if p.score is not None]
         if scores:
             self.logger.record("reward/disagreement", float(np.mean(scores)))
-        if self.comparisons is None or self.comparisons.size == 0:
+        self._learn_from_new_answers()
+
+    def _add_queries(self, pairs: list[QueryPair]) -> list[int]:
+        """Write the pairs' clips, then add them as queries (so every stored query's clips exist)."""
+        queries = []
+        for pair in pairs:
+            references = []
+            for clip in pair.clips:
+                reference = self.clips.save(clip)
+                self._written[reference] = clip
+                references.append(reference)
+            metadata = {
+                "clip_length": pair.left.length,
+                "episodes": [pair.left.episode_id, pair.right.episode_id],
+                "starts": [pair.left.start, pair.right.start],
+            }
+            left, right = references
+            queries.append(NewQuery(left, right, pair.strategy, pair.score, self.num_timesteps, metadata))
+        return self.store.add_queries(queries)
+
+    def _clip(self, reference: str) -> Clip:
+        clip = self._written.pop(reference, None)
+        return self.clips.load(reference) if clip is None else clip
+
+    def read_answers(self) -> int:
+        """Add the store's live answers newer than the last one read to ``comparisons``; returns how
+        many comparisons were added (``cant_tell`` answers are counted in ``answered``, not added)."""
+        new = self.store.answered_since(self.last_answer_id)
+        if not new:
+            return 0
+        self.last_answer_id = max(pair.answer_id for pair in new)
+        self.answered += len(new)
+        kept = [pair for pair in new if pair.target is not None]
+        if not kept:
+            return 0
+        clip_pairs = [(self._clip(pair.left_clip), self._clip(pair.right_clip)) for pair in kept]
+        added = comparisons_from_labels(clip_pairs, [pair.choice for pair in kept])
+        self._unfit += added.size
+        if self.comparisons is None:
+            self.comparisons = added
+        else:
+            self.comparisons = Comparisons(
+                *(th.cat([old, add]) for old, add in zip(self.comparisons, added, strict=True))
+            )
+        return added.size
+
+    def _learn_from_new_answers(self) -> None:
+        """Read new answers; refit when comparisons arrived since the last fit; log counts and fit."""
+        self.read_answers()
+        self.logger.record("label/count", self.asked)
+        self.logger.record("label/answered", self.answered)
+        self.logger.record("label/comparisons", 0 if self.comparisons is None else self.comparisons.size)
+        if self._unfit == 0 or self.comparisons is None:
             return
         report = self.ensemble.fit(
             self.comparisons,
-            epochs=self.epochs if fitted else self.initial_epochs,
+            epochs=self.epochs if self.fits > 0 else self.initial_epochs,
             batch_size=self.batch_size,
             generator=self.generator,
         )
+        self.fits += 1
+        self._unfit = 0
         self.logger.record("reward/train_loss", float(np.nanmean(report.train_loss)))
         self.logger.record("reward/validation_loss", float(np.nanmean(report.validation_loss)))
         self.logger.record("reward/validation_accuracy", float(np.nanmean(report.validation_accuracy)))
         self.logger.record("reward/weight_decay", float(np.mean(report.weight_decay)))
         self.logger.record("reward/true_return_correlation", self.true_return_correlation())
 
-    def _add(self, pairs: list[QueryPair], choices: list[str]) -> None:
-        labeled = [(pair.clips, choice) for pair, choice in zip(pairs, choices, strict=True)]
-        kept = [(clips, choice) for clips, choice in labeled if choice != "cant_tell"]
-        if not kept:
+    def _wait_for_answers(self) -> None:
+        """With ``run_ahead`` set, block while more than ``run_ahead`` asked labels are unanswered."""
+        if self.run_ahead is None:
             return
-        new = comparisons_from_labels([c for c, _ in kept], [choice for _, choice in kept])
-        if self.comparisons is None:
-            self.comparisons = new
-        else:
-            self.comparisons = Comparisons(
-                *(th.cat([old, add]) for old, add in zip(self.comparisons, new, strict=True))
-            )
+        announced = False
+        while self.asked - self.answered > self.run_ahead and not self.should_stop():
+            if self.read_answers() == 0:
+                if not announced:
+                    unanswered = self.asked - self.answered
+                    self.notify(f"waiting for labels: {unanswered} unanswered, run_ahead is {self.run_ahead}")
+                    announced = True
+                time.sleep(self.poll_seconds)
+        if announced:
+            self._learn_from_new_answers()
 
     def true_return_correlation(self) -> float:
         """Pearson correlation of predicted and true returns over the recorded episode segments."""
@@ -193,6 +308,60 @@ class PreferenceCallback(BaseCallback):
         predicted = [float(self.ensemble.predict(t.observations, t.actions).sum()) for t in segments]
         true = [float(np.sum(t.rewards)) for t in segments if t.rewards is not None]
         return pearson(np.array(predicted), np.array(true))
+
+    # ---------------------------------------------------------------------------------------------
+    # Checkpoints: everything but the comparisons, which are rebuilt from the store
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's state for a checkpoint: counters, generators, the ensemble (weights, optimizers,
+        normalization, adaptive L2) and the recent steps clips are cut from."""
+        assert self.reward_env.recent is not None
+        return {
+            "format": 1,
+            "counters": {
+                "asked": self.asked,
+                "answered": self.answered,
+                "rounds": self.rounds,
+                "fits": self.fits,
+                "last_answer_id": self.last_answer_id,
+                "last_round_step": self._last_round_step,
+            },
+            "rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+            "ensemble": self.ensemble.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.ensemble.optimizers],
+            "recent": self.reward_env.recent.state_dict(),
+            "labeler": getattr(self.labeler, "state_dict", dict)(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`, then rebuild the comparisons from the store's live answers up to
+        the checkpoint's last one. Answers the store received after the checkpoint are read at the
+        next round: nothing answered is lost."""
+        assert self.reward_env.recent is not None
+        counters = state["counters"]
+        self.ensemble.load_state_dict(state["ensemble"])
+        for optimizer, saved in zip(self.ensemble.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        self.reward_env.recent.load_state_dict(state["recent"])
+        restore = getattr(self.labeler, "load_state_dict", None)
+        if restore is not None:
+            restore(state.get("labeler") or {})
+        self.rounds, self.fits = int(counters["rounds"]), int(counters["fits"])
+        self._last_round_step = int(counters["last_round_step"])
+        # Queries asked after the checkpoint stay asked (their answers, if any, are kept and used).
+        self.asked = max(int(counters["asked"]), self.store.progress().total)
+        self.comparisons, self.answered, self.last_answer_id = None, 0, 0
+        known = [p for p in self.store.answered_since(0) if p.answer_id <= int(counters["last_answer_id"])]
+        kept = [pair for pair in known if pair.target is not None]
+        if kept:
+            clip_pairs = [(self.clips.load(p.left_clip), self.clips.load(p.right_clip)) for p in kept]
+            self.comparisons = comparisons_from_labels(clip_pairs, [p.choice for p in kept])
+        self.answered = len(known)
+        self.last_answer_id = int(counters["last_answer_id"])
+        self._unfit = 0  # the checkpoint's ensemble was fit on these
 
 
 def ensemble_reward_function(ensemble: RewardEnsemble) -> Any:

@@ -82,6 +82,34 @@ class RecentSteps:
         self._episode[ended] += self.n_envs
         self._step_in_episode[ended] = 0
 
+    def end_episodes(self) -> None:
+        """Close every env's episode at its newest stored step (the env was reset outside ``add``)."""
+        if self.added == 0:
+            return
+        slot = (self.added - 1) % self.capacity
+        self.dones[:, slot] = True
+        open_envs = self._step_in_episode > 0
+        self._episode[open_envs] += self.n_envs
+        self._step_in_episode[:] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored steps and counters (for a checkpoint)."""
+        arrays = ("observations", "actions", "rewards", "dones", "episode_ids", "episode_steps")
+        state: dict[str, Any] = {name: getattr(self, name).copy() for name in arrays}
+        state |= {"added": self.added, "episode": self._episode.copy(), "step": self._step_in_episode.copy()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; shapes must match (same envs, capacity and spaces)."""
+        for name in ("observations", "actions", "rewards", "dones", "episode_ids", "episode_steps"):
+            saved, current = np.asarray(state[name]), getattr(self, name)
+            if saved.shape != current.shape:
+                raise UsageError(f"recent steps: saved {name} {saved.shape}, expected {current.shape}")
+            current[...] = saved
+        self.added = int(state["added"])
+        self._episode = np.asarray(state["episode"], dtype=np.int64).copy()
+        self._step_in_episode = np.asarray(state["step"], dtype=np.int64).copy()
+
     def trajectories(self) -> list[Trajectory]:
         """The stored steps of every env, split at episode ends, oldest first; a trajectory's ``start``
         is the episode step of its first row (an episode partly overwritten starts after 0)."""
@@ -138,6 +166,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
         self._last_obs = np.asarray(obs)
+        if self.recent is not None:
+            self.recent.end_episodes()  # a reset ends the episodes in progress (e.g. on resume)
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:

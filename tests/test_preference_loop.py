@@ -11,9 +11,11 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 from core.errors import UsageError
+from rewards.clipfiles import ClipFolder
 from rewards.labelers import OracleLabeler
 from rewards.loop import PreferenceCallback, ensemble_reward_function, labels_due, pearson
 from rewards.models import build_reward_ensemble
+from rewards.store import LabelStore
 from rewards.wrapper import LearnedRewardVecEnv
 
 
@@ -28,34 +30,43 @@ def test_schedule_asks_a_share_first_then_a_decaying_rate_and_ends_at_the_budget
     assert labels_due(500_000, 1_000_000, 700) == 463
 
 
-def test_bad_loop_settings_are_one_line_errors() -> None:
+def test_bad_loop_settings_are_one_line_errors(tmp_path) -> None:
     env = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
     ensemble = build_reward_ensemble(env.observation_space, env.action_space, members=2)
+    where = {"store": LabelStore.for_run(tmp_path), "clips": ClipFolder(tmp_path)}
     without_recording = LearnedRewardVecEnv(env, ensemble_reward_function(ensemble))
     with pytest.raises(UsageError, match="records recent steps"):
-        PreferenceCallback(without_recording, ensemble, OracleLabeler(), budget=10, total_steps=100)
+        PreferenceCallback(without_recording, ensemble, OracleLabeler(), budget=10, total_steps=100, **where)
     recording = LearnedRewardVecEnv(env, ensemble_reward_function(ensemble), recent_steps=100)
     with pytest.raises(UsageError, match="query strategy"):
-        PreferenceCallback(recording, ensemble, OracleLabeler(), budget=10, total_steps=100, strategy="max")
+        PreferenceCallback(
+            recording, ensemble, OracleLabeler(), budget=10, total_steps=100, strategy="max", **where
+        )
     with pytest.raises(UsageError, match="budget"):
-        PreferenceCallback(recording, ensemble, OracleLabeler(), budget=0, total_steps=100)
+        PreferenceCallback(recording, ensemble, OracleLabeler(), budget=0, total_steps=100, **where)
+    with pytest.raises(UsageError, match="run_ahead"):
+        PreferenceCallback(recording, ensemble, None, budget=10, total_steps=100, run_ahead=-1, **where)
 
 
-def test_synthetic_run_learns_a_reward_that_correlates_with_the_true_one() -> None:
+def test_synthetic_run_learns_a_reward_that_correlates_with_the_true_one(tmp_path) -> None:
     th.manual_seed(0)
     base = VecMonitor(DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
     base.seed(0)
     ensemble = build_reward_ensemble(base.observation_space, base.action_space, members=3)
     env = LearnedRewardVecEnv(base, ensemble_reward_function(ensemble), recent_steps=1024)
     total = 2048
+    store = LabelStore.for_run(tmp_path)
     loop = PreferenceCallback(
-        env, ensemble, OracleLabeler(), budget=120, total_steps=total, clip_length=20,
-        query_every=512, initial_epochs=50, epochs=30, seed=0,
+        env, ensemble, OracleLabeler(), store=store, clips=ClipFolder(tmp_path), budget=120,
+        total_steps=total, clip_length=20, query_every=512, initial_epochs=50, epochs=30, seed=0,
     )  # fmt: skip
     model = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=2, seed=0, device="cpu")
     model.learn(total, callback=loop)
     assert loop.asked == 120 and loop.rounds >= 3
     assert loop.comparisons is not None and loop.comparisons.size == 120  # the oracle never says cant_tell
+    # Every query and answer went through the store, each clip to its file.
+    assert store.progress() == (120, 0, 0, 120)
+    assert len(list((tmp_path / "clips").glob("*.npz"))) == 240
     # Per step, on the agent's recent steps, the learned reward ranks like the true one; so do the
     # returns of the recorded episode segments (what progress.csv logs).
     recent = env.recent

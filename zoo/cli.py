@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -66,6 +66,10 @@ def list_command() -> None:
         shown = ", ".join(ids if len(ids) <= 12 else [*ids[:12], f"... ({len(ids)} in all)"])
         families.add_row(name, family.observation_kind, shown)
     console.print(families)
+    console.print(
+        "Any online agent also learns from preferences: zoo train pref --env ID --policy AGENT "
+        "--labeler synthetic|teacher:NAME|human --labels N"
+    )
 
 
 def _user_configs(config: Path | None) -> tuple[list, dict | None]:
@@ -132,9 +136,25 @@ def train(
             "(--set pretrain_steps=N).",
         ),
     ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="`zoo train pref`: the agent that learns from the learned reward (default ppo)."),
+    ] = None,
+    labeler: Annotated[
+        str | None,
+        typer.Option(
+            help="`zoo train pref`: synthetic (oracle on the true reward), teacher:NAME (oracle, stoc, "
+            "mistake, skip, equal, myopic) or human (answers through the label store)."
+        ),
+    ] = None,
+    labels: Annotated[int | None, typer.Option(help="`zoo train pref`: total label budget.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train AGENT on --env into a new run folder (or --resume one).
+
+    `zoo train pref --env ID` trains --policy (PPO by default) on a reward learned from preferences
+    between clips of its own behavior (Christiano et al. 2017), asked of --labeler; evaluations
+    report the env's true return.
 
     Offline agents (brac, bc, offline_sac) learn from --dataset instead; their --steps are gradient
     steps and the env is only used for evaluation. Agents that learn from demonstrations (nac, dqfd,
@@ -157,11 +177,17 @@ def train(
         overrides.append(f"pretrain_steps={pretrain_steps}")
     if steps is not None and steps <= 0:
         raise UsageError(f"--steps {steps}: must be a positive number of env steps")
+    preference = None
+    if agent == "pref":
+        agent = _preference_policy(policy or "ppo")
+        preference = {k: v for k, v in {"labeler": labeler, "labels": labels}.items() if v is not None}
+    elif policy is not None or labeler is not None or labels is not None:
+        raise UsageError("--policy, --labeler and --labels belong to `zoo train pref`")
 
     offline_data = None
     created: Path | None = None  # the outermost folder this command made for a new run
     if resume is not None:
-        if agent or env or config or overrides or run_dir or dataset or seed is not None:
+        if agent or env or config or overrides or run_dir or dataset or seed is not None or preference:
             raise UsageError(
                 "--resume takes the run's own config; only --steps, --device and --quiet may be added"
             )
@@ -213,6 +239,7 @@ def train(
                 config_files=overlays,
                 overrides=overrides,
                 steps=steps,
+                preference=preference,
             ).model_copy(update={"dataset": dataset})
             offline_data, run_config = _offline_dataset(run_config, loaded)
         runner.resolve_device(run_config.device)
@@ -224,6 +251,11 @@ def train(
     unit = "gradient steps" if _spec(run_config.agent).offline else "steps"
     if not quiet:
         source = "" if run_config.dataset is None else f" from {run_config.dataset}"
+        if run_config.preference is not None:
+            settings = run_config.preference
+            source = f" on a reward learned from {settings.labels} {settings.labeler} labels"
+            if settings.labeler == "human":
+                source += f" (label store: {settings.store or target / 'labels.sqlite'})"
         console.print(
             f"[bold]{run_config.agent}[/] on [bold]{run_config.env}[/]{source}, seed {run_config.seed}, "
             f"{run_config.steps} {unit} -> {target}"
@@ -253,6 +285,17 @@ def train(
             f"over {run_config.eval_episodes} episodes"
         )
     console.print(f"run folder: {target}\nevaluate with: zoo eval {target}")
+
+
+def _preference_policy(name: str) -> str:
+    """The agent of a preference run: any registered agent that learns online."""
+    from core.agents import AGENTS
+
+    spec = AGENTS.get(name)
+    if spec.offline or spec.demonstrations:
+        online = ", ".join(n for n, s in AGENTS.items() if not (s.offline or s.demonstrations))
+        raise UsageError(f"--policy {name}: a preference run needs an agent that learns online: {online}")
+    return name
 
 
 def _offline_dataset(
@@ -339,9 +382,10 @@ def eval_command(
     )
     mode = "greedy" if deterministic else "stochastic"
     rule = f", {report['test_policy']} test policy" if deterministic and "test_policy" in report else ""
+    what = "return" if run_config.preference is None else "true return (learned from preferences)"
     console.print(
         f"{run_config.agent} on {run_config.env} at step {report['step']}: "
-        f"return {report['mean_return']:.2f} ± {report['std_return']:.2f} ({episodes} {mode} episodes{rule})"
+        f"{what} {report['mean_return']:.2f} ± {report['std_return']:.2f} ({episodes} {mode} episodes{rule})"
     )
     gap = report.get("overestimation")
     if gap and gap["states"]:
@@ -359,16 +403,27 @@ def config_show(
     config: Annotated[Path | None, typer.Option("--config", help="zoo.yaml-shaped overlay.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    policy: Annotated[
+        str | None, typer.Option(help="AGENT pref: the agent that learns (default ppo).")
+    ] = None,
 ) -> None:
-    """Print the fully resolved config of AGENT on --env."""
+    """Print the fully resolved config of AGENT on --env (AGENT pref: a preference run)."""
     from zoo import config as cfg
+
+    preference: dict[str, Any] | None = None
+    if agent == "pref":
+        agent, preference = _preference_policy(policy or "ppo"), {}
+    elif policy is not None:
+        raise UsageError("--policy belongs to `zoo config show pref`")
 
     overlays, reproduced = _user_configs(config)
     if reproduced is not None:
         raise UsageError(
             "config show takes a zoo.yaml-shaped overlay; a run's config.yaml is already resolved"
         )
-    resolved = cfg.resolve(agent, env, seed=seed, config_files=overlays, overrides=list(set_ or []))
+    resolved = cfg.resolve(
+        agent, env, seed=seed, config_files=overlays, overrides=list(set_ or []), preference=preference
+    )
     typer.echo(cfg.dump_config(resolved), nl=False)
 
 

@@ -9,6 +9,11 @@ A run's configuration is resolved from layers, later ones winning:
 4. a user file given with ``--config`` (zoo.yaml-shaped overlay, or a run's resolved config.yaml)
 5. ``--set key=value`` on the command line
 
+A run that learns from preferences (``zoo train pref``) also takes ``preference.default``, then
+``preference.<family>``, then ``preference.<env id>`` after the agent's blocks: their keys are the
+:class:`rewards.settings.PreferenceSettings` fields and ``env`` (the env options the paper changes,
+e.g. no termination on Hopper); ``--set preference.labels=1000`` overrides one.
+
 Inside an agent block a key is a run key (``steps``, ``n_envs``, ...), ``env`` (a mapping of env
 options, validated by the family's pydantic model), or a hyperparameter of the agent's constructor
 (validated against its signature and type hints). Unknown keys are errors that name the file, the
@@ -30,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from core.agents import AgentSpec
 from core.envs import EnvFamily
 from core.errors import UsageError, did_you_mean
+from rewards.settings import PreferenceSettings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "zoo.yaml"
 
@@ -86,6 +92,8 @@ class RunConfig(RunSettings):
     :param dataset: for offline agents, the dataset learned from (an absolute folder path, so the run
         reproduces and resumes from anywhere); ``steps`` then counts gradient steps. For agents that
         learn from demonstrations (``--demos``), the demonstrations
+    :param preference: set for a run that learns from preferences (``zoo train pref``): the agent
+        trains on the learned reward, evaluations report the true return
     """
 
     agent: str
@@ -95,6 +103,7 @@ class RunConfig(RunSettings):
     env_options: dict[str, Any] = {}
     hyperparameters: dict[str, Any] = {}
     dataset: str | None = None
+    preference: PreferenceSettings | None = None
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -339,6 +348,18 @@ def validate_env_options(family: EnvFamily, values: Mapping[str, Any], where: st
         raise UsageError(_error_at(where, error)) from None
 
 
+def validate_preference_settings(values: Mapping[str, Any], where: str) -> None:
+    """Check a (partial) ``preference`` block's keys and values; one :class:`UsageError` line."""
+    for key in values:
+        if key not in PreferenceSettings.model_fields:
+            valid = [*PreferenceSettings.model_fields, "env"]
+            raise UsageError(f"{where}.{key}: unknown key{did_you_mean(key, valid)}")
+    try:
+        PreferenceSettings.model_validate(dict(values))
+    except ValidationError as error:
+        raise UsageError(_error_at(where, error)) from None
+
+
 def validate_run_settings(values: Mapping[str, Any], where: str) -> None:
     try:
         RunSettings.model_validate(dict(values))
@@ -361,7 +382,7 @@ def split_block(block: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 class ConfigFile:
     """A zoo.yaml-shaped mapping with the file it came from (for error messages)."""
 
-    TOP_KEYS = ("run", "envs", "agents")
+    TOP_KEYS = ("run", "envs", "agents", "preference")
 
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         self.data = dict(data)
@@ -392,6 +413,21 @@ class ConfigFile:
                 self._mapping(options, f"envs.{family_name}"),
                 f"{self.source}: envs.{family_name}",
             )
+        preference = self._mapping(self.data.get("preference"), "preference")
+        for scope, block in preference.items():
+            where = f"{self.source}: preference.{scope}"
+            family = self._scope_family(scope, families, where)
+            block = self._mapping(block, f"preference.{scope}")
+            settings = {k: v for k, v in block.items() if k != "env"}
+            validate_preference_settings(settings, where)
+            if "env" in block:
+                if family is None:
+                    raise UsageError(
+                        f"{where}.env: env options belong in a family or env-id block, not in default"
+                    )
+                validate_env_options(
+                    family, self._mapping(block["env"], f"preference.{scope}.env"), f"{where}.env"
+                )
         agents = self._mapping(self.data.get("agents"), "agents")
         for agent_name, blocks in agents.items():
             if agent_name not in AGENTS.names():
@@ -455,6 +491,14 @@ class ConfigFile:
                 layers.append((f"{self.source}: agents.{agent}.{scope}", block))
         return layers
 
+    def preference_layers_for(self, family: str, env_id: str) -> list[dict[str, Any]]:
+        """The ``preference`` blocks that apply to (family, env), lowest precedence first."""
+        blocks = self._mapping(self.data.get("preference"), "preference")
+        return [
+            dict(self._mapping(blocks.get(scope), f"preference.{scope}"))
+            for scope in ("default", family, env_id)
+        ]
+
 
 def resolve(
     agent: str,
@@ -465,9 +509,14 @@ def resolve(
     config_files: list[ConfigFile] | None = None,
     overrides: list[str] | None = None,
     steps: int | None = None,
+    preference: Mapping[str, Any] | None = None,
     defaults_path: Path = DEFAULT_CONFIG,
 ) -> RunConfig:
-    """Resolve and validate the configuration of one run (see the module docstring for layers)."""
+    """Resolve and validate the configuration of one run (see the module docstring for layers).
+
+    :param preference: ``None`` for an ordinary run; for a run that learns from preferences, the
+        settings given on the command line (``--labeler``, ``--labels``), which win over every layer
+    """
     from core.agents import AGENTS
     from core.envs import family_for
 
@@ -486,11 +535,24 @@ def resolve(
             run.update(block_run)
             env_options = deep_merge(env_options, block_env)
             hyper = deep_merge(hyper, block_hyper)
+    settings: dict[str, Any] = {}
+    if preference is not None:
+        for config_file in files:
+            for block in config_file.preference_layers_for(family.name, env_id):
+                env_options = deep_merge(env_options, dict(block.get("env") or {}))
+                settings.update({k: v for k, v in block.items() if k != "env"})
 
     for assignment in overrides or []:
         path, value = parse_set(assignment)
         where = f"--set {'.'.join(path)}"
-        if path[0] in RUN_KEYS and len(path) == 1:
+        if path[0] == "preference":
+            if preference is None:
+                raise UsageError(f"{where}: preference settings belong to `zoo train pref` runs")
+            if len(path) != 2:
+                raise UsageError(f"{where}: name one preference setting, e.g. preference.labels=1000")
+            settings[path[1]] = value
+            validate_preference_settings(settings, "--set preference")
+        elif path[0] in RUN_KEYS and len(path) == 1:
             run[path[0]] = value
         elif path[0] == "env":
             if len(path) < 2:
@@ -504,6 +566,9 @@ def resolve(
             set_path(hyper, path, value)
     if steps is not None:
         run["steps"] = steps
+    if preference is not None:
+        settings.update(preference)
+        validate_preference_settings(settings, "preference settings")
 
     validate_run_settings(run, "run settings")
     resolved_env = validate_env_options(family, env_options, "env options")
@@ -516,6 +581,7 @@ def resolve(
             device=device,  # type: ignore[arg-type]  # a str; pydantic checks it against the Literal
             env_options=resolved_env,
             hyperparameters=hyper,
+            preference=None if preference is None else PreferenceSettings.model_validate(settings),
             **run,
         )
     except ValidationError as error:

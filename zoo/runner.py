@@ -192,9 +192,28 @@ def train(
     n_envs = 1 if offline else config.n_envs
     env = make_env(setup, config, n_envs=n_envs, seed=config.seed, training=not offline)
     eval_env = make_env(setup, config, n_envs=1, seed=config.seed + EVAL_SEED_OFFSET, training=False)
+    stop = StopOnSignal()
+    preference = None
+    if config.preference is not None:
+        # The agent learns from the learned reward; the eval env keeps the true one.
+        from rewards.session import PreferenceSession
+
+        preference = PreferenceSession(
+            config.preference,
+            env,
+            run_dir,
+            total_steps=config.steps,
+            device=setup.device,
+            seed=config.seed,
+            should_stop=lambda: stop.received is not None,
+            notify=console.print,
+        )
+        env = preference.env
     latest = manager.latest() if resume else None
     if latest is not None:
         model = load_training_state(setup.spec.algorithm, latest, env, device=setup.device)
+        if preference is not None:
+            preference.load(latest)
     else:
         model = build_model(setup, config, env)
     model.set_logger(configure_run_logger(run_dir))
@@ -208,7 +227,12 @@ def train(
         model.set_demonstrations(dataset)  # type: ignore[attr-defined]
 
     remaining = config.steps - model.num_timesteps
-    save = lambda m, directory: save_training_state(m, directory, include_replay=config.save_replay)  # noqa: E731
+
+    def save(m: BaseAlgorithm, directory: Path) -> None:
+        save_training_state(m, directory, include_replay=config.save_replay)
+        if preference is not None:
+            preference.save(directory)
+
     checkpoints = CheckpointCallback(manager, config.checkpoint_every, save)
     evaluation = EvalCallback(
         eval_env,
@@ -218,8 +242,9 @@ def train(
         run_dir / "evaluations.jsonl",
         stop_at_return=config.stop_at_return,
     )
-    stop = StopOnSignal()
     callbacks: list[Any] = [stop, checkpoints, evaluation]
+    if preference is not None:
+        callbacks.append(preference.callback)
     if not quiet:
         callbacks.append(RichProgressCallback(console, config.steps, evaluation, offline=offline))
     write_status(
@@ -242,6 +267,8 @@ def train(
             evaluation.init_callback(model)
     except BaseException:
         write_status(run_dir, status="failed", step=model.num_timesteps)
+        if preference is not None:
+            preference.close()
         raise
     finally:
         stop.uninstall()
@@ -260,6 +287,8 @@ def train(
     write_status(run_dir, status=status, step=model.num_timesteps, **extra)
     env.close()
     eval_env.close()
+    if preference is not None:
+        preference.close()
     return TrainOutcome(status, model.num_timesteps, final_eval, checkpoint, evaluation.reached is not None)
 
 
@@ -348,6 +377,8 @@ def evaluate_run(
         "deterministic": deterministic,
         **({"test_policy": model.policy.test_policy} if hasattr(model.policy, "test_policy") else {}),
         "seed": eval_seed,
+        # A preference run learned from its learned reward; its evaluations use the env's true one.
+        "reward": "true" if config.preference is None else "true (the run learned from preferences)",
         "mean_return": result.mean,
         "std_return": result.std,
         "returns": result.returns,

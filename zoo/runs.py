@@ -34,7 +34,8 @@ def env_slug(env_id: str) -> str:
 def new_run_dir(config: RunConfig, root: Path = RUNS_ROOT) -> Path:
     """A fresh folder name for a run; never an existing folder (a suffix is added on collision)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / config.agent / env_slug(config.env) / f"{stamp}-s{config.seed}"
+    agent = config.agent if config.preference is None else f"pref-{config.agent}"
+    base = root / agent / env_slug(config.env) / f"{stamp}-s{config.seed}"
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -73,9 +74,9 @@ def discard_unstarted_run(run_dir: Path, *, created: Path | None) -> None:
     :param created: the outermost folder that making ``run_dir`` created, or ``None`` when ``run_dir``
         existed (empty) before: then only its contents go. ``run_dir`` goes whole, and each parent up
         to ``created`` while it is empty (another run may have been made there meanwhile). A run with
-        a checkpoint is kept.
+        a checkpoint is kept, and so is one whose label store holds queries (labels are never lost).
     """
-    if any((run_dir / "checkpoints").glob("*")):
+    if any((run_dir / "checkpoints").glob("*")) or _holds_queries(run_dir / "labels.sqlite"):
         return
     if created is None:
         for child in run_dir.iterdir():
@@ -92,6 +93,19 @@ def discard_unstarted_run(run_dir: Path, *, created: Path | None) -> None:
             folder.rmdir()
         except OSError:  # not empty: something else lives there now
             return
+
+
+def _holds_queries(store_path: Path) -> bool:
+    """Whether the run's label store exists and holds at least one query (unreadable: assume so)."""
+    if not store_path.exists():
+        return False
+    from rewards.store import LabelStore
+
+    try:
+        with LabelStore(store_path) as store:
+            return store.progress().total > 0
+    except Exception:
+        return True
 
 
 def collect_versions() -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""Settings of a preference run (``zoo train pref``): the ``preference:`` blocks of zoo.yaml, checked.
+
+A run that learns from preferences stores these under ``preference:`` in its ``config.yaml``; the
+agent itself is an ordinary registered agent (``--policy``, PPO by default) that never sees the env's
+reward. See :mod:`rewards.loop` for the schedule and :mod:`rewards.session` for how a run uses them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The names of rewards.clips.STRATEGIES and rewards.labelers.PRESETS (a test keeps them equal), spelled
+# out so that reading a config does not import torch.
+TEACHERS = ("oracle", "stoc", "mistake", "skip", "equal", "myopic")
+LABELERS = ("synthetic", "human", *(f"teacher:{name}" for name in TEACHERS))
+
+
+class PreferenceSettings(BaseModel):
+    """How labels are asked for, answered and learned from.
+
+    :param labeler: ``synthetic`` (the oracle on the true reward), ``teacher:NAME`` (a simulated
+        imperfect teacher: oracle, stoc, mistake, skip, equal, myopic) or ``human`` (queries go to the
+        label store; people answer on the labeling page)
+    :param labels: total label budget
+    :param clip_length: steps per clip
+    :param initial_share: share of the budget asked before RL starts learning from the reward
+    :param horizon: the label rate decays as ``horizon / (t + horizon)`` (paper: 2e6 MuJoCo, 5e6 Atari)
+    :param query_every: env steps between query rounds (rounds run at rollout ends)
+    :param strategy: query selection: ``variance`` (ensemble disagreement), ``random`` or ``mixed``
+    :param oversampling: candidate pairs drawn per query
+    :param members: reward ensemble size
+    :param hidden: hidden sizes of the reward MLP (vector observations)
+    :param dropout: dropout of the reward nets (None: 0.5 for the Atari CNN, 0 for the MLP)
+    :param learning_rate: Adam learning rate of the reward nets
+    :param initial_epochs: fitting epochs after the first round
+    :param epochs: fitting epochs after each later round
+    :param batch_size: comparisons per reward-model gradient step
+    :param random_answer_rate: the preference model's chance of a uniformly random answer (paper: 0.1)
+    :param recent_steps: steps per env kept to cut clips from (None: enough for two rounds)
+    :param run_ahead: human labeler: training waits while more than this many asked labels are
+        unanswered (None: never waits)
+    :param poll_seconds: human labeler: how often a waiting run checks the label store
+    :param store: SQLAlchemy URL of the label store (None: ``RUN/labels.sqlite``)
+    :param instructions: markdown shown to human labelers on the labeling page
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    labeler: str = "synthetic"
+    labels: int = Field(700, gt=0)
+    clip_length: int = Field(25, gt=0)
+    initial_share: float = Field(0.25, ge=0.0, le=1.0)
+    horizon: float = Field(2e6, gt=0)
+    query_every: int = Field(2048, gt=0)
+    strategy: Literal["variance", "random", "mixed"] = "variance"
+    oversampling: int = Field(10, gt=0)
+    members: int = Field(3, gt=0)
+    hidden: tuple[int, ...] = (64, 64)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    learning_rate: float = Field(3e-4, gt=0)
+    initial_epochs: int = Field(50, gt=0)
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(64, gt=0)
+    random_answer_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    recent_steps: int | None = Field(None, gt=0)
+    run_ahead: int | None = Field(None, ge=0)
+    poll_seconds: float = Field(2.0, gt=0)
+    store: str | None = None
+    instructions: str = (
+        "Watch both clips. Choose the one in which the agent does better at the task; "
+        "choose equal if they are about as good, and can't tell if you cannot judge."
+    )
+
+    @field_validator("labeler")
+    @classmethod
+    def _known_labeler(cls, value: str) -> str:
+        if value not in LABELERS:
+            raise ValueError(f"expected one of {', '.join(LABELERS)}; got {value!r}")
+        return value
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(size < 1 for size in value):
+            raise ValueError(f"hidden sizes must be positive integers; got {list(value)}")
+        return value
