@@ -114,7 +114,7 @@ class PreferenceCallback(BaseCallback):
         strategy: str = "variance",
         oversampling: int = 10,
         initial_epochs: int = 50,
-        epochs: int = 20,
+        epochs: int = 5,
         batch_size: int = 64,
         run_ahead: int | None = None,
         poll_seconds: float = 2.0,
@@ -159,6 +159,7 @@ class PreferenceCallback(BaseCallback):
         self._written: dict[str, Clip] = {}  # clips this process wrote and has not yet read back
         self._postponed = False
         self._unfit = 0  # comparisons read since the last fit
+        self.round_seconds = 0.0  # wall time of query rounds and fits
 
     def _on_step(self) -> bool:
         return True
@@ -172,11 +173,15 @@ class PreferenceCallback(BaseCallback):
         # The first round is the paper's "labels before RL": the initial share, on the first clips.
         step = self.num_timesteps if self.rounds > 0 else 0
         due = labels_due(step, self.total_steps, self.budget, self.initial_share, self.horizon)
+        started = time.perf_counter()
         if due > self.asked:
             self.query_round(due - self.asked)
         elif self.labeler is None:
             self._learn_from_new_answers()
+        self.round_seconds += time.perf_counter() - started
         self._wait_for_answers()
+        # Wall time of the reward machinery (query rounds, fits, per-step predictions), waits excluded.
+        self.logger.record("reward/seconds", self.round_seconds + self.reward_env.reward_seconds)
 
     def query_round(self, n_queries: int) -> None:
         """Cut clips, select ``n_queries`` pairs, store them as queries, get the synchronous labeler's
@@ -368,6 +373,6 @@ def ensemble_reward_function(ensemble: RewardEnsemble) -> Any:
     """The ensemble's ``predict`` as the wrapper's batched numpy reward function."""
 
     def reward(observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return ensemble.predict(observations, actions).cpu().numpy().astype(np.float32)
+        return ensemble.predict_fast(observations, actions).cpu().numpy().astype(np.float32)
 
     return reward

@@ -61,7 +61,7 @@ class PreferenceSettings(BaseModel):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     learning_rate: float = Field(3e-4, gt=0)
     initial_epochs: int = Field(50, gt=0)
-    epochs: int = Field(20, gt=0)
+    epochs: int = Field(5, gt=0)
     batch_size: int = Field(64, gt=0)
     random_answer_rate: float = Field(0.1, ge=0.0, lt=1.0)
     recent_steps: int | None = Field(None, gt=0)

@@ -13,6 +13,7 @@ Differences from the paper: none in the reward itself; the wrapper predicts one 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -146,6 +147,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
     def __init__(self, venv: VecEnv, reward_fn: RewardFunction, recent_steps: int = 0) -> None:
         super().__init__(venv)
         self.reward_fn = reward_fn
+        self.reward_seconds = 0.0  # wall time spent predicting rewards
         self._last_obs: np.ndarray | None = None
         self._actions: np.ndarray | None = None
         self.recent: RecentSteps | None = None
@@ -180,7 +182,9 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             raise RuntimeError("LearnedRewardVecEnv.step_wait before reset() and step_async()")
         acted_in, actions = self._last_obs, self._actions
         # The policy maximizes the predicted reward of the observation each action was taken in.
+        started = time.perf_counter()
         rewards = np.asarray(self.reward_fn(acted_in, actions), dtype=np.float32).reshape(self.num_envs)
+        self.reward_seconds += time.perf_counter() - started
         for info, true_reward in zip(infos, true_rewards, strict=True):
             info["true_reward"] = float(true_reward)
         if self.recent is not None:

@@ -237,3 +237,68 @@ def test_preference_flags_and_settings_belong_to_pref_runs(capsys: pytest.Captur
     assert code == 2 and "preference settings belong to `zoo train pref` runs" in err
     code, out, _ = run_cli(capsys, "config", "show", "pref", "--env", "Hopper-v5")
     assert code == 0 and "terminate_when_unhealthy: false" in out and "labels: 700" in out
+
+
+@pytest.fixture(scope="module")
+def labeled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished synthetic preference run with 60 answered comparisons."""
+    run = tmp_path_factory.mktemp("pref") / "run"
+    args = ["train", "pref", "--env", "Pendulum-v1", "--steps", "768", "--labels", "60"]
+    assert main([*args, "--run-dir", str(run), *QUICK]) == 0
+    return run
+
+
+def test_reward_fit_retrains_from_stored_labels_without_overwriting(
+    capsys: pytest.CaptureFixture[str], labeled_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "model.pt"
+    code, stdout, err = run_cli(capsys, "reward", "fit", "--labels", str(labeled_run), "--out", str(out))
+    assert code == 0, err
+    assert "on 60 comparisons" in stdout
+    saved = th.load(out, weights_only=True)
+    assert saved["settings"]["members"] == 3 and saved["ensemble"]
+    report = (out.parent / "model.pt.json").read_text()
+    assert '"comparisons": 60' in report and '"clip_return_correlation"' in report
+    before = out.read_bytes()
+    code, _, err = run_cli(capsys, "reward", "fit", "--labels", str(labeled_run), "--out", str(out))
+    assert code == 2 and "already exists" in err and out.read_bytes() == before
+    # The store itself works too, with the run that holds its clips.
+    store = str(labeled_run / "labels.sqlite")
+    code, _, err = run_cli(capsys, "reward", "fit", "--labels", store)
+    assert code == 2 and "needs --run RUN" in err
+    other = tmp_path / "other.pt"
+    args = ["reward", "fit", "--labels", store, "--run", str(labeled_run), "--out", str(other)]
+    assert run_cli(capsys, *args, "--epochs", "2")[0] == 0 and other.is_file()
+
+
+def test_labels_export_and_import_round_trip_once(
+    capsys: pytest.CaptureFixture[str], labeled_run: Path, tmp_path: Path
+) -> None:
+    exported = tmp_path / "labels.jsonl"
+    code, out, err = run_cli(capsys, "reward", "export", "--labels", str(labeled_run), str(exported))
+    assert code == 0 and "exported 60 queries" in out, err
+    code, _, err = run_cli(capsys, "reward", "export", "--labels", str(labeled_run), str(exported))
+    assert code == 2 and "already exists" in err
+    fresh = tmp_path / "fresh.sqlite"
+    LabelStore(fresh).close()
+    code, out, _ = run_cli(capsys, "reward", "import", "--labels", str(fresh), str(exported))
+    assert code == 0 and "imported 60 queries and 60 answers" in out
+    code, out, _ = run_cli(capsys, "reward", "import", "--labels", str(fresh), str(exported))
+    assert code == 0 and "imported 0 queries and 0 answers" in out  # nothing stored twice
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(exported.read_text().splitlines()[0] + "\n{not json\n")
+    code, _, err = run_cli(capsys, "reward", "import", "--labels", str(tmp_path / "b.sqlite"), str(broken))
+    assert code == 2 and "neither a run folder nor a label store" in err
+    other = tmp_path / "other.sqlite"
+    LabelStore(other).close()
+    code, _, err = run_cli(capsys, "reward", "import", "--labels", str(other), str(broken))
+    assert code == 2 and "line 2" in err and "nothing was imported" in err
+    with LabelStore(other) as store:
+        assert store.progress().total == 0  # all or nothing
+
+
+def test_an_unreachable_label_store_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = "postgresql+psycopg://zoo:secret@127.0.0.1:1/labels"
+    code, _, err = run_cli(capsys, "reward", "export", "--labels", url, str(tmp_path / "x.jsonl"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "secret" not in err
+    assert not (tmp_path / "x.jsonl").exists()

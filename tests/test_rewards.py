@@ -412,3 +412,20 @@ def test_build_reward_ensemble_picks_the_network_for_the_space() -> None:
         build_reward_ensemble(spaces.Dict({"a": spaces.Discrete(2)}), spaces.Discrete(2))
     with pytest.raises(UsageError, match="Box or Discrete actions, got MultiDiscrete"):
         build_reward_ensemble(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([2, 2]))
+
+
+def test_fast_per_step_prediction_equals_predict_and_follows_refits() -> None:
+    obs_space = spaces.Box(-1.0, 1.0, (5,), np.float32)
+    for action_space in (spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(3)):
+        th.manual_seed(0)
+        ensemble = build_reward_ensemble(obs_space, action_space, members=3, dropout=0.2)
+        obs = th.randn(7, 5)
+        actions = th.randn(7, 2) if isinstance(action_space, spaces.Box) else th.randint(0, 3, (7,))
+        ensemble.update_normalization(obs, actions)
+        th.testing.assert_close(ensemble.predict_fast(obs, actions), ensemble.predict(obs, actions))
+        with th.no_grad():  # a weight change (as a fit makes) is seen after the stacked copy is dropped
+            for net in ensemble.nets:
+                next(net.parameters()).add_(0.5)
+        ensemble.load_state_dict(ensemble.state_dict())
+        th.testing.assert_close(ensemble.predict_fast(obs, actions), ensemble.predict(obs, actions))
+        assert not ensemble.training

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from core.errors import UsageError, ZooError
 from zoo.cli_data import register_data_commands
+from zoo.cli_reward import register_reward_commands
 
 if TYPE_CHECKING:
     from core.agents import AgentSpec
@@ -37,6 +38,7 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 _state = {"debug": False}
 register_data_commands(app, console)
+register_reward_commands(app, console)
 
 
 @app.callback()
