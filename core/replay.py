@@ -40,6 +40,7 @@ which case the previous step is marked as an end (a truncation, so it bootstraps
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -223,6 +224,23 @@ class EpisodicReplayBuffer(ReplayBuffer):
         envs = [np.full(n, e) for e, n in enumerate(self.steps_written - self.first_retained)]
         steps = [np.arange(lo, hi) for lo, hi in zip(self.first_retained, self.steps_written, strict=True)]
         return np.concatenate(envs).astype(np.int64), np.concatenate(steps).astype(np.int64)
+
+    def relabel_rewards(
+        self, reward_fn: Callable[[th.Tensor, np.ndarray], np.ndarray], chunk_size: int = 1024
+    ) -> int:
+        """Replace the reward of every retained transition by ``reward_fn(obs [B, *obs_shape], actions
+        [B, action_dim]) -> [B]`` (e.g. a learned reward after it was refit); returns how many.
+
+        n-step returns are summed from the stored rewards when sampled, so they follow at once.
+        """
+        env_indices, steps = self.transition_indices()
+        for start in range(0, len(steps), chunk_size):
+            envs = env_indices[start : start + chunk_size]
+            slots = steps[start : start + chunk_size] % self.buffer_size
+            obs = self._gather_obs(envs, self.obs_start[envs, slots], 1)[:, 0]
+            rewards = reward_fn(obs, self.actions[envs, slots])
+            self.rewards[envs, slots] = np.asarray(rewards, dtype=np.float32)
+        return len(steps)
 
     def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """:return: ``(env_indices, steps)`` drawn uniformly over all retained transitions."""

@@ -41,7 +41,7 @@ from rewards.labelers import Labeler
 from rewards.models import RewardEnsemble
 from rewards.preferences import Comparisons
 from rewards.store import LabelStore, NewQuery
-from rewards.wrapper import LearnedRewardVecEnv
+from rewards.wrapper import LearnedRewardVecEnv, relabel_replay
 
 
 def labels_due(
@@ -93,6 +93,7 @@ class PreferenceCallback(BaseCallback):
     :param poll_seconds: how often a waiting run reads the store
     :param should_stop: returns True when training must stop (ends a wait, e.g. on Ctrl-C)
     :param notify: shows a one-line message (a wait for labels); default ``print``
+    :param relabel_replay: after each fit, give an off-policy agent's replay the new rewards
     :param seed: seed of clip cutting and selection
     """
 
@@ -120,6 +121,7 @@ class PreferenceCallback(BaseCallback):
         poll_seconds: float = 2.0,
         should_stop: Callable[[], bool] | None = None,
         notify: Callable[[str], None] = print,
+        relabel_replay: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -147,6 +149,7 @@ class PreferenceCallback(BaseCallback):
         self.run_ahead, self.poll_seconds = run_ahead, poll_seconds
         self.should_stop = should_stop or (lambda: False)
         self.notify = notify
+        self.relabel_replay = relabel_replay
         self.rng = np.random.default_rng(seed)
         self.generator = th.Generator().manual_seed(seed)
         self.comparisons: Comparisons | None = None
@@ -281,9 +284,14 @@ class PreferenceCallback(BaseCallback):
         )
         self.fits += 1
         self._unfit = 0
-        self.logger.record("reward/train_loss", float(np.nanmean(report.train_loss)))
-        self.logger.record("reward/validation_loss", float(np.nanmean(report.validation_loss)))
-        self.logger.record("reward/validation_accuracy", float(np.nanmean(report.validation_accuracy)))
+        if self.relabel_replay:
+            # Off-policy agents: the rewards stored at collection time came from the old model.
+            relabeled = relabel_replay(self.model, self.ensemble.predict)
+            if relabeled:
+                self.logger.record("reward/relabeled", relabeled)
+        self.logger.record("reward/train_loss", _finite_mean(report.train_loss))
+        self.logger.record("reward/validation_loss", _finite_mean(report.validation_loss))
+        self.logger.record("reward/validation_accuracy", _finite_mean(report.validation_accuracy))
         self.logger.record("reward/weight_decay", float(np.mean(report.weight_decay)))
         self.logger.record("reward/true_return_correlation", self.true_return_correlation())
 
@@ -367,6 +375,12 @@ class PreferenceCallback(BaseCallback):
         self.answered = len(known)
         self.last_answer_id = int(counters["last_answer_id"])
         self._unfit = 0  # the checkpoint's ensemble was fit on these
+
+
+def _finite_mean(values: tuple[float, ...]) -> float:
+    """Mean of the members' finite values; NaN when none is (e.g. no validation comparisons yet)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def ensemble_reward_function(ensemble: RewardEnsemble) -> Any:

@@ -120,6 +120,7 @@ class PreferenceSession:
             poll_seconds=settings.poll_seconds,
             should_stop=should_stop,
             notify=notify,
+            relabel_replay=settings.relabel_replay,
             seed=seed,
         )
 

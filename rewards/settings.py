@@ -42,6 +42,8 @@ class PreferenceSettings(BaseModel):
     :param run_ahead: human labeler: training waits while more than this many asked labels are
         unanswered (None: never waits)
     :param poll_seconds: human labeler: how often a waiting run checks the label store
+    :param relabel_replay: off-policy agents: after each fit, the replay's stored rewards are replaced
+        by the new model's (the paper's agents are on-policy; stale rewards would otherwise linger)
     :param store: SQLAlchemy URL of the label store (None: ``RUN/labels.sqlite``)
     :param instructions: markdown shown to human labelers on the labeling page
     """
@@ -67,6 +69,7 @@ class PreferenceSettings(BaseModel):
     recent_steps: int | None = Field(None, gt=0)
     run_ahead: int | None = Field(None, ge=0)
     poll_seconds: float = Field(2.0, gt=0)
+    relabel_replay: bool = True
     store: str | None = None
     instructions: str = (
         "Watch both clips. Choose the one in which the agent does better at the task; "

@@ -192,3 +192,27 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         # After an episode end the VecEnv has reset: ``obs`` is the next episode's first observation.
         self._last_obs = np.asarray(obs)
         return obs, rewards, dones, infos
+
+
+def relabel_replay(model: Any, reward_fn: Callable[[Any, Any], Any], chunk_size: int = 1024) -> int:
+    """Give every transition in an off-policy ``model``'s replay buffer the reward ``reward_fn`` now
+    predicts (after a refit the stored rewards are stale); returns how many were relabeled, 0 for a
+    model without a replay buffer (on-policy agents collect fresh rewards every rollout).
+
+    Works with :class:`core.replay.EpisodicReplayBuffer` (its ``relabel_rewards``) and SB3's
+    ``ReplayBuffer`` (``observations`` ``[size, n_envs, ...]``, ``actions``, ``rewards``).
+    """
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        return 0
+    if hasattr(buffer, "relabel_rewards"):
+        return int(buffer.relabel_rewards(reward_fn, chunk_size))
+    stored = buffer.buffer_size if buffer.full else buffer.pos
+    n_envs = buffer.n_envs
+    for start in range(0, stored, max(chunk_size // n_envs, 1)):
+        stop = min(stored, start + max(chunk_size // n_envs, 1))
+        obs = buffer.observations[start:stop].reshape(-1, *buffer.obs_shape)
+        actions = buffer.actions[start:stop].reshape(-1, buffer.action_dim)
+        rewards = np.asarray(reward_fn(obs, actions), dtype=np.float32)
+        buffer.rewards[start:stop] = rewards.reshape(stop - start, n_envs)
+    return stored * n_envs

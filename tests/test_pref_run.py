@@ -302,3 +302,44 @@ def test_an_unreachable_label_store_is_one_line(capsys: pytest.CaptureFixture[st
     code, _, err = run_cli(capsys, "reward", "export", "--labels", url, str(tmp_path / "x.jsonl"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "secret" not in err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize("episodic", [False, True])
+def test_relabel_replay_gives_every_stored_transition_the_new_reward(episodic: bool) -> None:
+    from stable_baselines3 import DQN
+
+    from core.replay import EpisodicReplayBuffer
+    from rewards.wrapper import relabel_replay
+
+    env = DummyVecEnv([lambda: gym.make("CartPole-v1")] * 2)
+    buffer_class = EpisodicReplayBuffer if episodic else None
+    model = DQN(
+        "MlpPolicy", env, buffer_size=300, learning_starts=10_000, replay_buffer_class=buffer_class, seed=0,
+        device="cpu",
+    )  # fmt: skip
+    model.learn(400)  # fills and wraps the 150-steps-per-env ring
+    buffer = model.replay_buffer
+    assert buffer is not None
+
+    def reward_fn(obs: object, actions: object) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float32).sum(axis=1) + 10.0 * np.asarray(actions).reshape(-1)
+
+    retained = buffer.size() if episodic else 300  # SB3's size() counts per env
+    assert relabel_replay(model, reward_fn, chunk_size=64) == retained
+    samples = buffer.sample(256)
+    expected = reward_fn(samples.observations.numpy(), samples.actions.numpy())
+    np.testing.assert_allclose(samples.rewards.numpy().reshape(-1), expected, rtol=1e-5, atol=1e-5)
+    assert relabel_replay(PPO("MlpPolicy", env, n_steps=8, batch_size=8, device="cpu"), reward_fn) == 0
+
+
+def test_an_off_policy_agent_learns_from_preferences_with_a_relabeled_replay(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["train", "pref", "--env", "CartPole-v1", "--policy", "scdqn", "--steps", "1500", "--labels", "20"]
+    args += ["--run-dir", str(run), "--set", "learning_starts=200", "--set", "train_freq=100"]
+    args += ["--set", "gradient_steps=10", "--set", "preference.query_every=500"]
+    code, _, err = run_cli(capsys, *args, "--set", "preference.clip_length=10", "--quiet")
+    assert code == 0, err
+    relabeled = [float(r["reward/relabeled"]) for r in progress_rows(run) if r.get("reward/relabeled")]
+    assert relabeled and relabeled[-1] > 1000  # the whole replay, after every fit
