@@ -11,7 +11,7 @@
 Differences from the paper:
 - Candidates are distinct unordered pairs of clips, drawn uniformly, with left and right by a coin
   flip. The disagreement score is the variance across members of ``sigmoid(R_left - R_right)`` on the
-  members' standardized rewards, without the 10% random-answer term (it scales every variance by
+  members' own (unnormalized) rewards, without the 10% random-answer term (it scales every variance by
   0.81 and so does not change the ranking).
 - ``mixed`` is ours; the paper offers the variance rule and, in its ablation, random queries.
 """
@@ -91,8 +91,8 @@ class QueryPair(NamedTuple):
 class MemberPredictor(Protocol):
     """What query selection needs of a reward ensemble (:class:`rewards.models.RewardEnsemble`)."""
 
-    def member_predictions(self, obs: np.ndarray, actions: np.ndarray | None = None) -> th.Tensor:
-        """Each member's standardized rewards ``[n, T]`` of ``obs`` ``[T, ...]``."""
+    def member_rewards(self, obs: np.ndarray, actions: np.ndarray | None = None) -> th.Tensor:
+        """Each member's own (unnormalized) rewards ``[n, T]`` of ``obs`` ``[T, ...]``."""
         ...
 
 
@@ -184,7 +184,10 @@ def pair_variances(ensemble: MemberPredictor, clips: Sequence[Clip], pairs: np.n
         raise UsageError(f"query selection needs clips of one length; got lengths {sorted(lengths)}")
     obs = np.concatenate([clip.observations for clip in clips])
     actions = np.concatenate([clip.actions for clip in clips])
-    per_step = ensemble.member_predictions(obs, actions)  # [n, K * L]
+    # The members' own rewards: their Bradley-Terry predictions are on that scale. (Standardized
+    # rewards would inflate tiny differences when the members predict nearly constant rewards on the
+    # normalization states, saturate every prediction and hide the disagreement.)
+    per_step = ensemble.member_rewards(obs, actions)  # [n, K * L]
     returns = per_step.reshape(per_step.shape[0], len(clips), -1).sum(-1)  # [n, K] undiscounted sums
     left, right = (th.as_tensor(pairs[:, side], device=returns.device) for side in (0, 1))
     probability = preference_probability(returns[:, left], returns[:, right], random_answer_rate=0.0)

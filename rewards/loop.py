@@ -203,8 +203,10 @@ class PreferenceCallback(BaseCallback):
                 self._postponed = True
             return
         self._postponed = False
-        # Enough clips that the candidate pool holds ``oversampling`` pairs per query.
-        n_clips = max(2 * n_queries, math.ceil(math.sqrt(2 * self.oversampling * n_queries)) + 1)
+        # Two fresh clips per candidate pair: the ``oversampling * n_queries`` candidates cover as much
+        # of the recent behavior as they can (rare informative moments, e.g. the few steps before a
+        # fall, are found only in a wide pool).
+        n_clips = 2 * self.oversampling * n_queries
         clips = cut_clips(trajectories, self.clip_length, n_clips, self.rng)
         fitted = self.fits > 0
         strategy = self.strategy if fitted else "random"  # an unfitted ensemble's variance means nothing

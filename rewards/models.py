@@ -30,6 +30,9 @@ from core.errors import UsageError
 from rewards.preferences import RANDOM_ANSWER_RATE, Comparisons, bootstrap_split, fit_preferences
 
 LEAKY_SLOPE = 0.01  # paper, Appendix A: leaky ReLU with alpha = 0.01
+# Floor of the normalization stds: members that predict a nearly constant reward on the normalization
+# states are not blown up (a per-step difference of 0.01 is 0.5 logits over a 50-step clip).
+MIN_STD = 1e-2
 CONV_LAYERS = ((7, 3), (5, 2), (3, 1), (3, 1))  # (kernel, stride), paper Appendix A.2
 ArrayOrTensor = np.ndarray | th.Tensor
 
@@ -232,10 +235,15 @@ class RewardEnsemble(nn.Module):
         """Standardize each member, then their average, on these states ``[T, ...]``."""
         raw = self._raw(obs, actions)
         self.member_mean.copy_(raw.mean(1))
-        self.member_std.copy_(raw.std(1, unbiased=False).clamp_min(1e-8))
+        self.member_std.copy_(raw.std(1, unbiased=False).clamp_min(MIN_STD))
         average = ((raw - self.member_mean[:, None]) / self.member_std[:, None]).mean(0)
         self.output_mean.copy_(average.mean())
-        self.output_std.copy_(average.std(unbiased=False).clamp_min(1e-8))
+        self.output_std.copy_(average.std(unbiased=False).clamp_min(MIN_STD))
+
+    def member_rewards(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> th.Tensor:
+        """Each member's own rewards ``[n, T]``, unnormalized: the scale its Bradley-Terry loss was fit
+        on, so ``sigmoid(R_left - R_right)`` of them is the member's predicted preference."""
+        return self._raw(obs, actions)
 
     def member_predictions(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> th.Tensor:
         """Each member's standardized rewards ``[n, T]`` of ``obs`` ``[T, ...]`` (eval mode)."""

@@ -105,7 +105,7 @@ class FakeEnsemble:
         self.returns = th.as_tensor(returns, dtype=th.float32)
         self.length = length
 
-    def member_predictions(self, obs: np.ndarray, actions: np.ndarray | None = None) -> th.Tensor:
+    def member_rewards(self, obs: np.ndarray, actions: np.ndarray | None = None) -> th.Tensor:
         ids = th.as_tensor(obs[:, 0]).long()
         return self.returns[:, ids] / self.length
 
