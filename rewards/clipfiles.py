@@ -4,7 +4,8 @@ The label store's queries hold clip REFERENCES, never arrays: a reference is the
 to the run folder, ``clips/<32 hex digits>.npz``. Training writes the files before it adds the query
 (so every stored query's clips exist), the labeling app renders them, and ``zoo reward fit`` reloads
 them to retrain from stored labels. A file holds ``observations``, ``actions``, ``episode_id``,
-``start`` and, when known, ``true_rewards``; it is written to a temporary name and renamed, so a
+``start``, ``padded`` (rows of the absorbing state after a termination) and, when known,
+``true_rewards``; it is written to a temporary name and renamed, so a
 reader never sees half a clip.
 
 References are checked before any file is touched: anything but ``clips/<hex>.npz`` (an absolute
@@ -59,6 +60,7 @@ class ClipFolder:
             "actions": np.asarray(clip.actions),
             "episode_id": np.asarray(clip.episode_id, dtype=np.int64),
             "start": np.asarray(clip.start, dtype=np.int64),
+            "padded": np.asarray(clip.padded, dtype=np.int64),
         }
         if clip.true_rewards is not None:
             arrays["true_rewards"] = np.asarray(clip.true_rewards, dtype=np.float32)
@@ -79,6 +81,7 @@ class ClipFolder:
                     rewards,
                     int(data["episode_id"]),
                     int(data["start"]),
+                    int(data["padded"]) if "padded" in data.files else 0,
                 )
         except FileNotFoundError:
             raise ClipFileError(f"{path}: clip file is missing") from None

@@ -39,6 +39,8 @@ class Trajectory(NamedTuple):
     :param rewards: ``[T]`` true rewards, None when unknown (human labeling)
     :param episode_id: identifies the episode
     :param start: step of the episode the first row is (0 when recorded from the reset)
+    :param terminal_observation: the observation after the last step when the env TERMINATED the
+        episode there (not a truncation); None otherwise
     """
 
     observations: np.ndarray
@@ -46,6 +48,7 @@ class Trajectory(NamedTuple):
     rewards: np.ndarray | None = None
     episode_id: int = 0
     start: int = 0
+    terminal_observation: np.ndarray | None = None
 
 
 class Clip(NamedTuple):
@@ -56,6 +59,8 @@ class Clip(NamedTuple):
     :param true_rewards: ``[L]``, None when unknown
     :param episode_id: the episode the clip was cut from
     :param start: the episode step of the clip's first row
+    :param padded: trailing rows past the episode's termination: the absorbing state (the terminal
+        observation, a zero action, true reward 0)
     """
 
     observations: np.ndarray
@@ -63,6 +68,7 @@ class Clip(NamedTuple):
     true_rewards: np.ndarray | None
     episode_id: int
     start: int
+    padded: int = 0
 
     @property
     def length(self) -> int:
@@ -116,14 +122,27 @@ def split_episodes(
     ]
 
 
-def cut_clips(trajectories: Sequence[Trajectory], length: int, n: int, rng: SeedLike = None) -> list[Clip]:
+def cut_clips(
+    trajectories: Sequence[Trajectory],
+    length: int,
+    n: int,
+    rng: SeedLike = None,
+    *,
+    pad_terminal: bool = False,
+) -> list[Clip]:
     """``n`` clips of ``length`` steps at start positions drawn uniformly over every position where
     a clip fits inside one trajectory (without replacement while there are enough positions).
 
-    :param trajectories: recent episodes; those shorter than ``length`` are skipped
+    With ``pad_terminal``, a clip may also run past the end of an episode the env TERMINATED: the rows
+    after it are the absorbing state (the terminal observation, a zero action, true reward 0), so a
+    clip that ends early compares as the outcome it is (a fall is worse than staying up), and episodes
+    shorter than a clip still give clips. Truncated and unfinished episodes are never padded.
+
+    :param trajectories: recent episodes; those shorter than ``length`` (and not padded) are skipped
     :param length: steps per clip
     :param n: clips to cut
     :param rng: seed or generator
+    :param pad_terminal: let clips run into the absorbing state after a termination
     """
     if length < 1 or n < 1:
         raise UsageError(f"clip length and count must be >= 1; got {length} and {n}")
@@ -138,7 +157,8 @@ def cut_clips(trajectories: Sequence[Trajectory], length: int, n: int, rng: Seed
                 f"episode {trajectory.episode_id}: observations, actions, rewards differ in length"
             )
     lengths = np.array([len(t.observations) for t in trajectories])
-    positions = np.maximum(lengths - length + 1, 0)
+    paddable = np.array([pad_terminal and t.terminal_observation is not None for t in trajectories])
+    positions = np.where(paddable, lengths, np.maximum(lengths - length + 1, 0))
     total = int(positions.sum())
     if total == 0:
         raise UsageError(
@@ -148,21 +168,26 @@ def cut_clips(trajectories: Sequence[Trajectory], length: int, n: int, rng: Seed
     flat = generator.choice(total, size=n, replace=n > total)
     ends = np.cumsum(positions)
     which = np.searchsorted(ends, flat, side="right")
-    clips = []
-    for index, offset in zip(which, flat - (ends[which] - positions[which]), strict=True):
-        t = trajectories[index]
-        window = slice(int(offset), int(offset) + length)
-        rewards = None if t.rewards is None else np.array(t.rewards[window])
-        clips.append(
-            Clip(
-                np.array(t.observations[window]),
-                np.array(t.actions[window]),
-                rewards,
-                t.episode_id,
-                t.start + int(offset),
-            )
-        )
-    return clips
+    return [
+        _clip_at(trajectories[index], int(offset), length)
+        for index, offset in zip(which, flat - (ends[which] - positions[which]), strict=True)
+    ]
+
+
+def _clip_at(t: Trajectory, offset: int, length: int) -> Clip:
+    """The clip of ``t`` from row ``offset``, padded with the absorbing state past its end."""
+    window = slice(offset, offset + length)
+    observations, actions = np.array(t.observations[window]), np.array(t.actions[window])
+    rewards = None if t.rewards is None else np.array(t.rewards[window])
+    padded = length - len(observations)
+    if padded > 0:
+        assert t.terminal_observation is not None
+        terminal = np.asarray(t.terminal_observation, dtype=observations.dtype)[None]
+        observations = np.concatenate([observations, np.repeat(terminal, padded, axis=0)])
+        actions = np.concatenate([actions, np.zeros((padded, *actions.shape[1:]), dtype=actions.dtype)])
+        if rewards is not None:
+            rewards = np.concatenate([rewards, np.zeros(padded, dtype=rewards.dtype)])
+    return Clip(observations, actions, rewards, t.episode_id, t.start + offset, padded)
 
 
 def candidate_pairs(n_clips: int, n_pairs: int, rng: np.random.Generator) -> np.ndarray:

@@ -43,6 +43,8 @@ from rewards.preferences import Comparisons
 from rewards.store import LabelStore, NewQuery
 from rewards.wrapper import LearnedRewardVecEnv, relabel_replay
 
+ABSORBING_KEPT = 2000  # absorbing-state rows the reward is centred on (the newest answered clips')
+
 
 def labels_due(
     step: int, total_steps: int, budget: int, initial_share: float = 0.25, horizon: float = 2e6
@@ -94,6 +96,8 @@ class PreferenceCallback(BaseCallback):
     :param should_stop: returns True when training must stop (ends a wait, e.g. on Ctrl-C)
     :param notify: shows a one-line message (a wait for labels); default ``print``
     :param relabel_replay: after each fit, give an off-policy agent's replay the new rewards
+    :param absorbing_ends: clips may run past a termination into the absorbing state, and the learned
+        reward is shifted so that the absorbing state's is 0 (see :func:`rewards.clips.cut_clips`)
     :param seed: seed of clip cutting and selection
     """
 
@@ -122,6 +126,7 @@ class PreferenceCallback(BaseCallback):
         should_stop: Callable[[], bool] | None = None,
         notify: Callable[[str], None] = print,
         relabel_replay: bool = True,
+        absorbing_ends: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -150,6 +155,8 @@ class PreferenceCallback(BaseCallback):
         self.should_stop = should_stop or (lambda: False)
         self.notify = notify
         self.relabel_replay = relabel_replay
+        self.absorbing_ends = absorbing_ends
+        self._absorbing: list[tuple[np.ndarray, np.ndarray]] = []  # absorbing rows of answered clips
         self.rng = np.random.default_rng(seed)
         self.generator = th.Generator().manual_seed(seed)
         self.comparisons: Comparisons | None = None
@@ -192,7 +199,8 @@ class PreferenceCallback(BaseCallback):
         assert self.reward_env.recent is not None
         trajectories = self.reward_env.recent.trajectories()
         longest = max((len(t.observations) for t in trajectories), default=0)
-        if longest < self.clip_length:
+        paddable = self.absorbing_ends and any(t.terminal_observation is not None for t in trajectories)
+        if longest < self.clip_length and not paddable:
             # Episodes are shorter than a clip so far (e.g. an untrained policy falls at once): the
             # round waits for longer ones, at the next rollout end.
             if not self._postponed:
@@ -207,7 +215,7 @@ class PreferenceCallback(BaseCallback):
         # of the recent behavior as they can (rare informative moments, e.g. the few steps before a
         # fall, are found only in a wide pool).
         n_clips = 2 * self.oversampling * n_queries
-        clips = cut_clips(trajectories, self.clip_length, n_clips, self.rng)
+        clips = cut_clips(trajectories, self.clip_length, n_clips, self.rng, pad_terminal=self.absorbing_ends)
         fitted = self.fits > 0
         strategy = self.strategy if fitted else "random"  # an unfitted ensemble's variance means nothing
         pairs = select_pairs(
@@ -260,6 +268,7 @@ class PreferenceCallback(BaseCallback):
         if not kept:
             return 0
         clip_pairs = [(self._clip(pair.left_clip), self._clip(pair.right_clip)) for pair in kept]
+        self._remember_absorbing(clip_pairs)
         added = comparisons_from_labels(clip_pairs, [pair.choice for pair in kept])
         self._unfit += added.size
         if self.comparisons is None:
@@ -269,6 +278,14 @@ class PreferenceCallback(BaseCallback):
                 *(th.cat([old, add]) for old, add in zip(self.comparisons, added, strict=True))
             )
         return added.size
+
+    def _remember_absorbing(self, clip_pairs: list[tuple[Clip, Clip]]) -> None:
+        """Keep the absorbing rows of the newest answered clips (the states the reward is zero at)."""
+        for pair in clip_pairs:
+            for clip in pair:
+                if clip.padded:
+                    self._absorbing.append((clip.observations[-1:], clip.actions[-1:]))
+        del self._absorbing[:-ABSORBING_KEPT]
 
     def _learn_from_new_answers(self) -> None:
         """Read new answers; refit when comparisons arrived since the last fit; log counts and fit."""
@@ -286,6 +303,10 @@ class PreferenceCallback(BaseCallback):
         )
         self.fits += 1
         self._unfit = 0
+        if self.absorbing_ends and self._absorbing:
+            obs = np.concatenate([o for o, _ in self._absorbing])
+            actions = np.concatenate([a for _, a in self._absorbing])
+            self.ensemble.center_on(obs, actions)
         if self.relabel_replay:
             # Off-policy agents: the rewards stored at collection time came from the old model.
             relabeled = relabel_replay(self.model, self.ensemble.predict)
@@ -371,8 +392,10 @@ class PreferenceCallback(BaseCallback):
         self.comparisons, self.answered, self.last_answer_id = None, 0, 0
         known = [p for p in self.store.answered_since(0) if p.answer_id <= int(counters["last_answer_id"])]
         kept = [pair for pair in known if pair.target is not None]
+        self._absorbing = []
         if kept:
             clip_pairs = [(self.clips.load(p.left_clip), self.clips.load(p.right_clip)) for p in kept]
+            self._remember_absorbing(clip_pairs)
             self.comparisons = comparisons_from_labels(clip_pairs, [p.choice for p in kept])
         self.answered = len(known)
         self.last_answer_id = int(counters["last_answer_id"])

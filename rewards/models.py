@@ -240,6 +240,13 @@ class RewardEnsemble(nn.Module):
         self.output_mean.copy_(average.mean())
         self.output_std.copy_(average.std(unbiased=False).clamp_min(MIN_STD))
 
+    def center_on(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> None:
+        """Shift :meth:`predict` so that these states (e.g. the absorbing state after a termination)
+        have reward 0 on average, instead of the normalization states' mean: an episode's end is then
+        worth what the env makes it (no reward afterwards), neither a prize nor a penalty."""
+        average = self.member_predictions(obs, actions).mean(0)
+        self.output_mean.copy_(average.mean())
+
     def member_rewards(self, obs: ArrayOrTensor, actions: ArrayOrTensor | None = None) -> th.Tensor:
         """Each member's own rewards ``[n, T]``, unnormalized: the scale its Bradley-Terry loss was fit
         on, so ``sigmoid(R_left - R_right)`` of them is the member's predicted preference."""

@@ -121,6 +121,7 @@ class PreferenceSession:
             should_stop=should_stop,
             notify=notify,
             relabel_replay=settings.relabel_replay,
+            absorbing_ends=settings.absorbing_ends,
             seed=seed,
         )
 

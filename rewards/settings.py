@@ -44,6 +44,9 @@ class PreferenceSettings(BaseModel):
     :param poll_seconds: human labeler: how often a waiting run checks the label store
     :param relabel_replay: off-policy agents: after each fit, the replay's stored rewards are replaced
         by the new model's (the paper's agents are on-policy; stale rewards would otherwise linger)
+    :param absorbing_ends: clips may run past an episode's termination into the absorbing state (the
+        terminal observation, reward 0), and the learned reward is shifted to be 0 there; so episodes
+        shorter than a clip still give clips, and ending early compares as what it is
     :param store: SQLAlchemy URL of the label store (None: ``RUN/labels.sqlite``)
     :param instructions: markdown shown to human labelers on the labeling page
     """
@@ -70,6 +73,7 @@ class PreferenceSettings(BaseModel):
     run_ahead: int | None = Field(None, ge=0)
     poll_seconds: float = Field(2.0, gt=0)
     relabel_replay: bool = True
+    absorbing_ends: bool = True
     store: str | None = None
     instructions: str = (
         "Watch both clips. Choose the one in which the agent does better at the task; "

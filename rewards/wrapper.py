@@ -60,16 +60,28 @@ class RecentSteps:
         self.added = 0  # vector steps added (each adds one step per env)
         self._episode = np.arange(n_envs, dtype=np.int64)  # globally unique episode ids: env + k * n_envs
         self._step_in_episode = np.zeros(n_envs, dtype=np.int64)
+        self.terminal: dict[int, np.ndarray] = {}  # episode id -> observation after its termination
 
     @property
     def n_envs(self) -> int:
         return int(self.observations.shape[0])
 
     def add(
-        self, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray
+        self,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        terminal_observations: dict[int, np.ndarray] | None = None,
     ) -> None:
         """One vector step: ``observations`` are those the ``actions`` were taken in; ``dones`` end an
-        episode at this step."""
+        episode at this step; ``terminal_observations`` maps an env whose episode the env TERMINATED
+        at this step to the observation after it."""
+        for env, terminal in (terminal_observations or {}).items():
+            self.terminal[int(self._episode[env])] = np.array(terminal)
+        if len(self.terminal) > 4 * self.n_envs + self.capacity // 8:
+            kept = set(np.unique(self.episode_ids).tolist()) | set(self._episode.tolist())
+            self.terminal = {k: v for k, v in self.terminal.items() if k in kept}
         slot = self.added % self.capacity
         self.observations[:, slot] = observations
         self.actions[:, slot] = np.asarray(actions).reshape(self.actions.shape[:1] + self.actions.shape[2:])
@@ -98,6 +110,10 @@ class RecentSteps:
         arrays = ("observations", "actions", "rewards", "dones", "episode_ids", "episode_steps")
         state: dict[str, Any] = {name: getattr(self, name).copy() for name in arrays}
         state |= {"added": self.added, "episode": self._episode.copy(), "step": self._step_in_episode.copy()}
+        ids = sorted(self.terminal)
+        state["terminal_ids"] = np.array(ids, dtype=np.int64)
+        if ids:
+            state["terminal_observations"] = np.stack([self.terminal[i] for i in ids])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -110,6 +126,9 @@ class RecentSteps:
         self.added = int(state["added"])
         self._episode = np.asarray(state["episode"], dtype=np.int64).copy()
         self._step_in_episode = np.asarray(state["step"], dtype=np.int64).copy()
+        ids = [int(i) for i in np.asarray(state.get("terminal_ids", []))]
+        observations: Any = np.asarray(state["terminal_observations"]) if ids else []
+        self.terminal = {i: np.array(o) for i, o in zip(ids, observations, strict=True)}
 
     def trajectories(self) -> list[Trajectory]:
         """The stored steps of every env, split at episode ends, oldest first; a trajectory's ``start``
@@ -127,9 +146,14 @@ class RecentSteps:
             offset = 0
             for piece in pieces:
                 row = order[offset]
+                episode = int(self.episode_ids[env, row])
+                last = order[offset + len(piece.observations) - 1]
+                terminal = self.terminal.get(episode) if self.dones[env, last] else None
                 found.append(
                     piece._replace(
-                        episode_id=int(self.episode_ids[env, row]), start=int(self.episode_steps[env, row])
+                        episode_id=episode,
+                        start=int(self.episode_steps[env, row]),
+                        terminal_observation=terminal,
                     )
                 )
                 offset += len(piece.observations)
@@ -188,7 +212,12 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         for info, true_reward in zip(infos, true_rewards, strict=True):
             info["true_reward"] = float(true_reward)
         if self.recent is not None:
-            self.recent.add(acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones)
+            terminal = {
+                env: info["terminal_observation"]
+                for env, (done, info) in enumerate(zip(dones, infos, strict=True))
+                if done and "terminal_observation" in info and not info.get("TimeLimit.truncated", False)
+            }
+            self.recent.add(acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones, terminal)
         # After an episode end the VecEnv has reset: ``obs`` is the next episode's first observation.
         self._last_obs = np.asarray(obs)
         return obs, rewards, dones, infos

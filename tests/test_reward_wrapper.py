@@ -74,3 +74,28 @@ def test_wrapper_records_what_the_agent_did() -> None:
     np.testing.assert_array_equal(trajectory.observations, np.stack([o for o, _ in seen]))
     assert trajectory.actions.tolist() == [a for _, a in seen]
     assert trajectory.rewards is not None and trajectory.rewards.tolist() == [1.0] * 5
+
+
+def test_terminated_episodes_keep_their_terminal_observation_through_a_checkpoint() -> None:
+    env = LearnedRewardVecEnv(cartpole(), fake_reward, recent_steps=400)
+    env.reset()
+    rng = np.random.default_rng(0)
+    terminal_seen = []
+    for _ in range(300):
+        env.step_async(rng.integers(0, 2, size=2))
+        _, _, dones, infos = env.step_wait()
+        ended = zip(dones, infos, strict=True)
+        terminal_seen += [info["terminal_observation"] for done, info in ended if done]
+    assert env.recent is not None
+    finished = [t for t in env.recent.trajectories() if t.terminal_observation is not None]
+    assert len(finished) >= 10  # random CartPole falls within ~20 steps
+    stored = {tuple(np.asarray(t.terminal_observation).round(6)) for t in finished}
+    assert stored <= {tuple(np.asarray(o).round(6)) for o in terminal_seen}
+    unfinished = env.recent.trajectories()[-1]
+    assert unfinished.terminal_observation is None  # the episode in progress has none
+    restored = RecentSteps(2, 400, (4,), ())
+    restored.load_state_dict(env.recent.state_dict())
+    again = [t for t in restored.trajectories() if t.terminal_observation is not None]
+    assert len(again) == len(finished)
+    for a, b in zip(again, finished, strict=True):
+        np.testing.assert_array_equal(a.terminal_observation, b.terminal_observation)

@@ -429,3 +429,28 @@ def test_fast_per_step_prediction_equals_predict_and_follows_refits() -> None:
         ensemble.load_state_dict(ensemble.state_dict())
         th.testing.assert_close(ensemble.predict_fast(obs, actions), ensemble.predict(obs, actions))
         assert not ensemble.training
+
+
+def test_clips_run_into_the_absorbing_state_after_a_termination_only() -> None:
+    obs = np.arange(3, dtype=np.float32)[:, None]
+    terminated = Trajectory(obs, np.ones((3, 1), np.float32), np.ones(3, np.float32), 1, 0, np.array([9.0]))
+    truncated = Trajectory(obs, np.ones((3, 1), np.float32), np.ones(3, np.float32), 2, 0)
+    clips = cut_clips([terminated, truncated], 5, 30, rng=0, pad_terminal=True)
+    assert {c.episode_id for c in clips} == {1}  # the truncated episode is too short and never padded
+    for c in clips:
+        real = 3 - c.start
+        assert c.padded == 5 - real and c.length == 5
+        np.testing.assert_array_equal(c.observations[real:, 0], 9.0)  # the terminal observation
+        np.testing.assert_array_equal(c.actions[real:], 0.0)
+        assert c.true_rewards is not None and c.true_rewards.sum() == real  # no reward once fallen
+    with pytest.raises(UsageError, match="longer than the episodes allow"):
+        cut_clips([terminated, truncated], 5, 3, rng=0)  # without padding neither fits
+
+
+def test_centering_on_the_absorbing_state_makes_its_reward_zero() -> None:
+    ensemble = build_reward_ensemble(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (1,)), members=2)
+    states, absorbing = th.randn(50, 3), th.full((4, 3), 2.0)
+    ensemble.update_normalization(states, th.zeros(50, 1))
+    ensemble.center_on(absorbing, th.zeros(4, 1))
+    assert abs(float(ensemble.predict(absorbing, th.zeros(4, 1)).mean())) < 1e-5
+    assert abs(float(ensemble.predict_fast(absorbing, th.zeros(4, 1)).mean())) < 1e-5
