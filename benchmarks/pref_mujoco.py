@@ -95,7 +95,8 @@ def main() -> None:
     options = parser.parse_args()
     work: Path = options.work
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
+    saved = work / "results.json"  # results of envs run by earlier invocations are kept
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     for env_id in options.envs:
         steps = options.steps or ENVS[env_id]
         slug = env_id.replace("/", "-")
@@ -126,7 +127,7 @@ def main() -> None:
                 runs.append(record)
             env_results[name] = runs
         results[env_id] = env_results
-        (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        saved.write_text(json.dumps(results, indent=2) + "\n")
     report(results)
 
 

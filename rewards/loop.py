@@ -412,6 +412,6 @@ def ensemble_reward_function(ensemble: RewardEnsemble) -> Any:
     """The ensemble's ``predict`` as the wrapper's batched numpy reward function."""
 
     def reward(observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return ensemble.predict_fast(observations, actions).cpu().numpy().astype(np.float32)
+        return ensemble.predict_numpy(observations, actions)
 
     return reward

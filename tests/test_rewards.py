@@ -423,11 +423,16 @@ def test_fast_per_step_prediction_equals_predict_and_follows_refits() -> None:
         actions = th.randn(7, 2) if isinstance(action_space, spaces.Box) else th.randint(0, 3, (7,))
         ensemble.update_normalization(obs, actions)
         th.testing.assert_close(ensemble.predict_fast(obs, actions), ensemble.predict(obs, actions))
+        expected = ensemble.predict(obs, actions).numpy()
+        np.testing.assert_allclose(ensemble.predict_numpy(obs.numpy(), actions.numpy()), expected, atol=1e-5)
         with th.no_grad():  # a weight change (as a fit makes) is seen after the stacked copy is dropped
             for net in ensemble.nets:
                 next(net.parameters()).add_(0.5)
         ensemble.load_state_dict(ensemble.state_dict())
         th.testing.assert_close(ensemble.predict_fast(obs, actions), ensemble.predict(obs, actions))
+        ensemble.center_on(obs[:2], actions[:2])  # a new zero point is seen too
+        expected = ensemble.predict(obs, actions).numpy()
+        np.testing.assert_allclose(ensemble.predict_numpy(obs.numpy(), actions.numpy()), expected, atol=1e-5)
         assert not ensemble.training
 
 
