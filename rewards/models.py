@@ -7,8 +7,10 @@ Differences from the paper:
   bootstrap resample (with replacement, same size) of the rest, so its validation set never overlaps
   its training set; the paper only says 1/e of the data is held out for each predictor.
 - L2 and its adaptive rule: see :mod:`rewards.preferences`.
-- Normalization statistics are per fit, on the newest ``normalization_steps`` clip steps of the
-  comparisons just fitted; a caller with fresher policy states calls ``update_normalization``.
+- Normalization statistics are per fit, on up to ``normalization_steps`` clip steps of comparisons
+  spread over all those fitted (the whole labeled history: statistics of the newest clips alone
+  shrink to nothing once the policy's behavior is uniform, e.g. a pendulum that never falls, and the
+  reward scale explodes); a caller with other states calls ``update_normalization``.
   ``target_std`` defaults to 1.0 (the paper normalizes to a constant std; pick the value per domain).
 - Adam's learning rate (3e-4) is ours; Adam's moments are not in ``state_dict``.
 """
@@ -165,7 +167,8 @@ class RewardEnsemble(nn.Module):
     :param weight_decay_factor: multiplier of the adaptive L2 rule, applied after each epoch
     :param weight_decay_bounds: the coefficient stays inside these
     :param random_answer_rate: the labeler's chance of a uniformly random answer (paper: 0.1)
-    :param normalization_steps: clip steps (the newest comparisons') the statistics come from after a fit
+    :param normalization_steps: clip steps (of comparisons spread over all of them) the statistics
+        come from after a fit
     :param chunk_size: steps per forward pass when predicting
     """
 
@@ -186,7 +189,7 @@ class RewardEnsemble(nn.Module):
         weight_decay_factor: float = 1.1,
         weight_decay_bounds: tuple[float, float] = (1e-6, 1.0),
         random_answer_rate: float = RANDOM_ANSWER_RATE,
-        normalization_steps: int = 10_000,
+        normalization_steps: int = 20_000,
         chunk_size: int = 4096,
     ) -> None:
         super().__init__()
@@ -385,7 +388,7 @@ class RewardEnsemble(nn.Module):
             results.append(result)
         self.train(was_training)
         self._stacked = self._folded = None  # the weights changed
-        self.update_normalization(*comparisons.newest(self.normalization_steps))
+        self.update_normalization(*comparisons.spread(self.normalization_steps))
         train, val, accuracy, decay = (tuple(column) for column in zip(*results, strict=True))
         return FitReport(train, val, accuracy, decay, epochs)
 

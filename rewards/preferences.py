@@ -77,6 +77,17 @@ class Comparisons(NamedTuple):
         return obs, th.cat([tail.left_actions, tail.right_actions]).flatten(0, 1)
 
 
+    def spread(self, max_steps: int) -> tuple[th.Tensor, th.Tensor]:
+        """``(obs [T, ...], actions [T, ...])``: every step of the clips of ``T <= max_steps``
+        comparisons spread evenly over all of them, oldest to newest (every one if they fit), so the
+        statistics computed on them cover the whole labeled history, not only the current behavior."""
+        per_comparison = 2 * self.left_observations.shape[1]
+        keep = min(self.size, max(1, max_steps // per_comparison))
+        picked = self.select(th.linspace(0, self.size - 1, keep).round().long())
+        obs = th.cat([picked.left_observations, picked.right_observations]).flatten(0, 1)
+        return obs, th.cat([picked.left_actions, picked.right_actions]).flatten(0, 1)
+
+
 def comparison_returns(reward_fn: RewardFn, batch: Comparisons) -> tuple[th.Tensor, th.Tensor]:
     """Undiscounted predicted clip sums ``(left [N], right [N])``; both sides go through ``reward_fn``
     in one call (one batch for batch norm)."""

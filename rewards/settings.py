@@ -32,6 +32,8 @@ class PreferenceSettings(BaseModel):
     :param oversampling: candidate pairs drawn per query
     :param members: reward ensemble size
     :param hidden: hidden sizes of the reward MLP (vector observations)
+    :param use_actions: the reward sees the action too, ``r(o, a)`` (None: yes for vector observations,
+        no for Atari frames)
     :param dropout: dropout of the reward nets (None: 0.5 for the Atari CNN, 0 for the MLP)
     :param learning_rate: Adam learning rate of the reward nets
     :param initial_epochs: fitting epochs after the first round
@@ -63,6 +65,7 @@ class PreferenceSettings(BaseModel):
     oversampling: int = Field(10, gt=0)
     members: int = Field(3, gt=0)
     hidden: tuple[int, ...] = (64, 64)
+    use_actions: bool | None = None
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     learning_rate: float = Field(3e-4, gt=0)
     initial_epochs: int = Field(50, gt=0)
