@@ -76,7 +76,6 @@ class Comparisons(NamedTuple):
         obs = th.cat([tail.left_observations, tail.right_observations]).flatten(0, 1)
         return obs, th.cat([tail.left_actions, tail.right_actions]).flatten(0, 1)
 
-
     def spread(self, max_steps: int) -> tuple[th.Tensor, th.Tensor]:
         """``(obs [T, ...], actions [T, ...])``: every step of the clips of ``T <= max_steps``
         comparisons spread evenly over all of them, oldest to newest (every one if they fit), so the

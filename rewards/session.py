@@ -92,7 +92,7 @@ class PreferenceSession:
                 members=settings.members,
                 hidden=settings.hidden,
                 dropout=settings.dropout,
-            use_actions=settings.use_actions,
+                use_actions=settings.use_actions,
                 learning_rate=settings.learning_rate,
                 random_answer_rate=settings.random_answer_rate,
             ).to(device)
