@@ -459,3 +459,14 @@ def test_centering_on_the_absorbing_state_makes_its_reward_zero() -> None:
     ensemble.center_on(absorbing, th.zeros(4, 1))
     assert abs(float(ensemble.predict(absorbing, th.zeros(4, 1)).mean())) < 1e-5
     assert abs(float(ensemble.predict_fast(absorbing, th.zeros(4, 1)).mean())) < 1e-5
+
+
+def test_normalization_states_spread_over_the_whole_labeled_history() -> None:
+    n, length = 10, 2
+    left = th.arange(n, dtype=th.float32)[:, None, None].expand(n, length, 1).clone()
+    comparisons = Comparisons(left, th.zeros(n, length, 1), left + 100, th.zeros(n, length, 1), th.ones(n))
+    obs, actions = comparisons.spread(max_steps=3 * 2 * length)  # room for three comparisons
+    assert sorted(set(obs[:, 0].tolist())) == [0.0, 4.0, 9.0, 100.0, 104.0, 109.0]  # oldest to newest
+    assert actions.shape == (12, 1)
+    everything, _ = comparisons.spread(max_steps=10_000)
+    assert len(everything) == 2 * n * length
