@@ -21,8 +21,9 @@ from core.errors import UsageError
 from rewards.clipfiles import ClipFolder
 from rewards.clips import Clip, comparisons_from_labels
 from rewards.loop import pearson
-from rewards.models import FitReport, RewardEnsemble, build_reward_ensemble
+from rewards.models import FitReport, RewardEnsemble
 from rewards.preferences import Comparisons
+from rewards.session import ensemble_from_settings
 from rewards.settings import PreferenceSettings
 from rewards.store import LabelStore
 
@@ -72,16 +73,7 @@ def refit_ensemble(
 ) -> tuple[RewardEnsemble, FitReport]:
     """A fresh ensemble of ``settings``' architecture, fit for ``epochs`` on ``labels``."""
     th.manual_seed(seed)
-    ensemble = build_reward_ensemble(
-        observation_space,
-        action_space,
-        members=settings.members,
-        hidden=settings.hidden,
-        dropout=settings.dropout,
-        use_actions=settings.use_actions,
-        learning_rate=settings.learning_rate,
-        random_answer_rate=settings.random_answer_rate,
-    ).to(device)
+    ensemble = ensemble_from_settings(settings, observation_space, action_space).to(device)
     generator = th.Generator().manual_seed(seed)
     report = ensemble.fit(
         labels.comparisons, epochs=epochs, batch_size=settings.batch_size, generator=generator

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
 from core.errors import UsageError, ZooError
 from rewards.clipfiles import ClipFolder
 from rewards.labelers import labeler_from_setting
 from rewards.loop import PreferenceCallback, ensemble_reward_function
-from rewards.models import build_reward_ensemble
+from rewards.models import RewardEnsemble, build_reward_ensemble
 from rewards.settings import PreferenceSettings
 from rewards.store import LabelStore
 from rewards.wrapper import LearnedRewardVecEnv
@@ -41,6 +42,22 @@ def default_recent_steps(settings: PreferenceSettings, n_envs: int) -> int:
 def open_store(settings: PreferenceSettings, run_dir: str | os.PathLike[str]) -> LabelStore:
     """The run's label store: ``settings.store`` if it names one, else ``RUN/labels.sqlite``."""
     return LabelStore(settings.store) if settings.store else LabelStore.for_run(run_dir)
+
+
+def ensemble_from_settings(
+    settings: PreferenceSettings, observation_space: spaces.Space, action_space: spaces.Space
+) -> RewardEnsemble:
+    """A fresh (unfitted) reward ensemble of the architecture ``settings`` describe."""
+    return build_reward_ensemble(
+        observation_space,
+        action_space,
+        members=settings.members,
+        hidden=settings.hidden,
+        dropout=settings.dropout,
+        use_actions=settings.use_actions,
+        learning_rate=settings.learning_rate,
+        random_answer_rate=settings.random_answer_rate,
+    )
 
 
 def check_clip_length(clip_length: int, env: VecEnv) -> None:
@@ -86,16 +103,9 @@ class PreferenceSession:
         check_clip_length(settings.clip_length, env)
         with th.random.fork_rng(devices=[]):  # the ensemble's initialization leaves the agent's RNG alone
             th.manual_seed(seed)
-            self.ensemble = build_reward_ensemble(
-                env.observation_space,
-                env.action_space,
-                members=settings.members,
-                hidden=settings.hidden,
-                dropout=settings.dropout,
-                use_actions=settings.use_actions,
-                learning_rate=settings.learning_rate,
-                random_answer_rate=settings.random_answer_rate,
-            ).to(device)
+            self.ensemble = ensemble_from_settings(settings, env.observation_space, env.action_space).to(
+                device
+            )
         recent = settings.recent_steps or default_recent_steps(settings, env.num_envs)
         self.env = LearnedRewardVecEnv(env, ensemble_reward_function(self.ensemble), recent_steps=recent)
         self.store = open_store(settings, run_dir)
