@@ -14,31 +14,13 @@ share of its wall time. Periodic evaluation is off in both, so only training is 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
-
-
-def zoo(*args: str) -> float:
-    command = [str(Path(sys.executable).with_name("zoo")), *args]
-    print("$", " ".join(command), flush=True)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    return time.perf_counter() - started
-
-
-def last_logged(run: Path, key: str) -> float:
-    with open(run / "progress.csv", newline="") as handle:
-        values = [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
-    return values[-1]
+from pref_mujoco import last_logged, zoo  # the sibling script: same runner and log reader
 
 
 def main() -> None:
