@@ -315,7 +315,8 @@ class EpisodicReplayBuffer(ReplayBuffer):
         first = slots[:, 0]
         reward_seq = self._normalize_reward(self.rewards[env_col, slots], env)
         included = offsets < n_included[:, None]
-        rewards = (reward_seq * self.gamma**offsets * included).sum(axis=1, keepdims=True)
+        # np.where, not a product: slots past the window may never have been written (np.empty).
+        rewards = (np.where(included, reward_seq, 0.0) * self.gamma**offsets).sum(axis=1, keepdims=True)
         discounts = self.gamma ** n_included[:, None]
         next_starts = self.obs_start[env_indices, last] + 1
         return ReplayBufferSamples(

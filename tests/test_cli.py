@@ -118,6 +118,29 @@ def test_existing_run_dir_is_never_overwritten(capsys: pytest.CaptureFixture[str
     assert snapshot(target) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "scdqn", "--no-such-flag"], "No such option: --no-such-flag"),
+        (["train", "scdqn", "--env", "CartPole-v1", "--steps", "many"], "Invalid value for '--steps'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_command_line_parse_errors_exit_2(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_rejects_non_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a run")
     before = snapshot(tmp_path)

@@ -307,6 +307,22 @@ def test_pickle_round_trip_and_continue():
         np.testing.assert_array_equal(samples.observations[i].numpy(), all_records[t].obs)
 
 
+def test_n_step_returns_ignore_slots_never_written():
+    """Slots after the newest step hold whatever np.empty left there (NaN here): the n-step sum must
+    not read them, not even as 0 * NaN."""
+    space = spaces.Box(-1, 1, (3,), np.float32)
+    buffer = EpisodicReplayBuffer(50, space, spaces.Discrete(2), device="cpu", n_steps=10, gamma=0.5)
+    buffer.rewards[:] = np.nan
+    buffer.terminated[:] = True
+    obs = np.zeros((1, 3), np.float32)
+    for _ in range(3):
+        buffer.add(obs, obs, np.array([0]), np.array([1.0]), np.array([False]), [{}])
+    samples = buffer.get_transitions(*buffer.transition_indices())
+    np.testing.assert_allclose(samples.rewards.numpy()[:, 0], [1.75, 1.5, 1.0])
+    np.testing.assert_allclose(samples.discounts.numpy()[:, 0], [0.125, 0.25, 0.5])
+    np.testing.assert_array_equal(samples.dones.numpy()[:, 0], [0, 0, 0])
+
+
 def test_memory_is_about_one_frame_per_transition():
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     buffer = EpisodicReplayBuffer(100_000, space, spaces.Discrete(6), device="cpu", frame_stack=4)

@@ -444,6 +444,28 @@ def config_validate(
     console.print(f"{file}: ok")
 
 
+def _command_line_error_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """The exception classes of bad command lines (usage errors) and of an aborted prompt.
+
+    Typer up to 0.28 raises click's classes; from 0.29 it vendors click (``typer._click``)
+    and its errors derive from ``typer.TyperException``. Click may still be installed
+    for another package (uvicorn), so both are checked when present.
+    """
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort]
+    typer_exception = getattr(typer, "TyperException", None)
+    if isinstance(typer_exception, type):
+        usage.append(typer_exception)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        usage.append(click.exceptions.ClickException)
+        aborts.append(click.exceptions.Abort)
+    return tuple(usage), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script; returns the exit code."""
     try:
@@ -456,13 +478,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except Exception as error:  # click's own usage errors are handled below
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            return error.exit_code
-        if isinstance(error, click.exceptions.Abort):
+    except Exception as error:
+        usage_errors, aborts = _command_line_error_types()
+        if isinstance(error, usage_errors):
+            show = getattr(error, "show", None)
+            if callable(show):
+                show()
+            else:
+                err_console.print(f"error: {error}", highlight=False, soft_wrap=True)
+            return int(getattr(error, "exit_code", 2))
+        if isinstance(error, aborts):
             return 1
         if _state["debug"]:
             raise
