@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 ENVS = {"InvertedPendulum-v5": 100_000, "Hopper-v5": 250_000}
+LEARNERS = ("ppo_true_reward", "pref_synthetic", "pref_teacher")
 
 
 def zoo(*args: str) -> float:
@@ -92,10 +93,14 @@ def main() -> None:
     parser.add_argument("--teacher", default="stoc", help="simulated teacher preset")
     parser.add_argument("--teacher-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument(
+        "--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS,
+        help="run only these (parallel invocations can split the work; results are merged per learner)",
+    )  # fmt: skip
     options = parser.parse_args()
     work: Path = options.work
     work.mkdir(parents=True, exist_ok=True)
-    saved = work / "results.json"  # results of envs run by earlier invocations are kept
+    saved = work / "results.json"  # results of envs and learners run by earlier invocations are kept
     results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     for env_id in options.envs:
         steps = options.steps or ENVS[env_id]
@@ -111,8 +116,10 @@ def main() -> None:
                 ["train", "pref", "--labeler", f"teacher:{options.teacher}"],
             ),
         }
-        env_results: dict[str, Any] = {"steps": steps, "env_options": env_options, "labels": options.labels}
+        header = {"steps": steps, "env_options": env_options, "labels": options.labels}
         for name, (seeds, command) in learners.items():
+            if name.removesuffix(f"_{options.teacher}") not in options.learners:
+                continue
             runs = []
             for seed in seeds:
                 run = work / slug / f"{name}-s{seed}"
@@ -125,16 +132,23 @@ def main() -> None:
                     record["reward_seconds"] = last_logged(run, "reward/seconds")
                     record["final_correlation"] = last_logged(run, "reward/true_return_correlation")
                 runs.append(record)
-            env_results[name] = runs
-        results[env_id] = env_results
-        saved.write_text(json.dumps(results, indent=2) + "\n")
+            # re-read: a parallel invocation may have saved other learners meanwhile
+            results = json.loads(saved.read_text()) if saved.exists() else {}
+            merged = dict(results.get(env_id, {}))
+            if any(merged.get(key) != value for key, value in header.items()):
+                merged = dict(header)  # measured under other settings: not comparable, start over
+            merged[name] = runs
+            results[env_id] = merged
+            partial = saved.with_suffix(".json.partial")
+            partial.write_text(json.dumps(results, indent=2) + "\n")
+            partial.replace(saved)
     report(results)
 
 
 def report(results: dict[str, Any]) -> None:
     for env_id, env_results in results.items():
-        ppo = env_results["ppo_true_reward"]
-        ppo_mean = statistics.fmean(r["return"] for r in ppo)
+        ppo = env_results.get("ppo_true_reward", [])
+        ppo_mean = statistics.fmean(r["return"] for r in ppo) if ppo else float("nan")
         print(f"\n### {env_id}: {env_results['steps']} env steps, {env_results['labels']} labels")
         print(f"env options: {env_results['env_options']}\n")
         print("| learner | true greedy return (mean ± std) | per seed | vs PPO | wall time (median) |")
@@ -147,7 +161,7 @@ def report(results: dict[str, Any]) -> None:
             wall = statistics.median(r["wall_seconds"] for r in runs)
             seeds = ", ".join(f"{r:.0f}" for r in returns)
             print(f"| {name} | {mean_std(returns)} | {seeds} | {ratio:.0%} | {wall:.0f} s |")
-        synthetic = env_results["pref_synthetic"]
+        synthetic = env_results.get("pref_synthetic", [])
         by_seed = {r["seed"]: r["wall_seconds"] for r in ppo}
         overhead = [r["wall_seconds"] / by_seed[r["seed"]] - 1 for r in synthetic if r["seed"] in by_seed]
         share = [r["reward_seconds"] / r["wall_seconds"] for r in synthetic if r.get("reward_seconds")]
