@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import gymnasium as gym
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
@@ -91,3 +92,42 @@ def family_for(env_id: str) -> EnvFamily:
             return family
         all_ids.extend(family.env_ids())
     raise UsageError(f"unknown env id '{env_id}'{did_you_mean(env_id, all_ids)}; `zoo list` shows them")
+
+
+def render_state(env: gym.Env) -> np.ndarray:
+    """What it takes to draw ``env`` as it is now: MuJoCo's ``concat(qpos, qvel)``, classic control's
+    ``state`` vector; a :class:`UsageError` for an env that has neither."""
+    base = env.unwrapped
+    data = getattr(base, "data", None)
+    if data is not None and hasattr(data, "qpos") and hasattr(data, "qvel"):
+        return np.concatenate([np.asarray(data.qpos).ravel(), np.asarray(data.qvel).ravel()])
+    state = getattr(base, "state", None)
+    if state is not None:
+        return np.asarray(state, dtype=np.float64).ravel()
+    raise UsageError(f"{env.spec.id if env.spec else type(base).__name__}: cannot record a render state")
+
+
+def restore_render_state(env: gym.Env, state: np.ndarray) -> None:
+    """Put ``env`` back into a :func:`render_state` (its ``render()`` then draws that moment)."""
+    base: Any = env.unwrapped
+    data = getattr(base, "data", None)
+    if data is not None and hasattr(base, "set_state"):
+        n_qpos = int(np.asarray(data.qpos).size)
+        base.set_state(state[:n_qpos], state[n_qpos:])
+        return
+    current = getattr(base, "state", None)
+    if current is None:
+        raise UsageError(f"{type(base).__name__}: cannot restore a render state")
+    restored = np.asarray(state, dtype=np.asarray(current).dtype).reshape(np.shape(current))
+    base.state = tuple(restored.tolist()) if isinstance(current, tuple) else restored
+
+
+class RenderStateInfo(gym.Wrapper):
+    """``info["render_state"]``: the :func:`render_state` after each step (a few floats: cheap to send
+    from subprocess envs and to keep for every recent step), from which
+    :mod:`rewards.rendering` draws the clips people label."""
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["render_state"] = render_state(self.env)
+        return obs, reward, terminated, truncated, info

@@ -10,7 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from core.envs import EnvFamily, EnvOptions
+from core.envs import EnvFamily, EnvOptions, RenderStateInfo
 from core.errors import UsageError
 
 
@@ -50,9 +50,12 @@ class GymOptions(EnvOptions):
     :param ignore_termination: episodes end only at the time limit; the env's termination condition no
         longer ends them (the preference paper's "no termination" for tasks without a kwarg for it, e.g.
         InvertedPendulum: the pole may fall and the reward says so)
+    :param record_render_state: every step's ``info["render_state"]`` holds what it takes to draw
+        that step later (see :class:`RenderStateInfo`); preference runs with human labelers set it
     """
 
     ignore_termination: bool = False
+    record_render_state: bool = False
 
 
 class IgnoreTermination(gym.Wrapper):
@@ -86,4 +89,8 @@ class RegisteredGymFamily(EnvFamily):
         env = make_registered_env(env_id, env_kwargs=options.env_kwargs, render_mode=render_mode)
         if getattr(options, "ignore_termination", False):
             env = IgnoreTermination(env)
+        if getattr(options, "record_render_state", False):
+            if not (hasattr(env.unwrapped, "data") or hasattr(env.unwrapped, "state")):
+                raise UsageError(f"{env_id}: cannot record render states (not MuJoCo or classic control)")
+            env = RenderStateInfo(env)
         return seed_env(env, seed)

@@ -5,7 +5,8 @@ to the run folder, ``clips/<32 hex digits>.npz``. Training writes the files befo
 (so every stored query's clips exist), the labeling app renders them, and ``zoo reward fit`` reloads
 them to retrain from stored labels. A file holds ``observations``, ``actions``, ``episode_id``,
 ``start``, ``padded`` (rows of the absorbing state after a termination) and, when known,
-``true_rewards``; it is written to a temporary name and renamed, so a
+``true_rewards`` and ``render_states``; for people to watch, ``clips/<hex>.mp4`` may sit next to it
+(:mod:`rewards.rendering`). It is written to a temporary name and renamed, so a
 reader never sees half a clip.
 
 References are checked before any file is touched: anything but ``clips/<hex>.npz`` (an absolute
@@ -50,6 +51,10 @@ class ClipFolder:
             raise ClipFileError(f"not a clip reference: {reference!r} (expected clips/<32 hex digits>.npz)")
         return self.folder / Path(reference).name
 
+    def video_path(self, reference: str) -> Path:
+        """The MP4 of ``reference`` (``clips/<hex>.mp4``, next to its ``.npz``), whether or not it exists."""
+        return self.path(reference).with_suffix(".mp4")
+
     def save(self, clip: Clip) -> str:
         """Write ``clip`` and return its new reference."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -64,6 +69,8 @@ class ClipFolder:
         }
         if clip.true_rewards is not None:
             arrays["true_rewards"] = np.asarray(clip.true_rewards, dtype=np.float32)
+        if clip.render_states is not None:
+            arrays["render_states"] = np.asarray(clip.render_states)
         partial = target.with_name(target.stem + ".partial.npz")
         np.savez_compressed(partial, **arrays)  # type: ignore[arg-type]
         os.replace(partial, target)
@@ -75,6 +82,7 @@ class ClipFolder:
         try:
             with np.load(path, allow_pickle=False) as data:
                 rewards = np.array(data["true_rewards"]) if "true_rewards" in data.files else None
+                states = np.array(data["render_states"]) if "render_states" in data.files else None
                 return Clip(
                     np.array(data["observations"]),
                     np.array(data["actions"]),
@@ -82,6 +90,7 @@ class ClipFolder:
                     int(data["episode_id"]),
                     int(data["start"]),
                     int(data["padded"]) if "padded" in data.files else 0,
+                    states,
                 )
         except FileNotFoundError:
             raise ClipFileError(f"{path}: clip file is missing") from None

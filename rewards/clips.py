@@ -41,6 +41,8 @@ class Trajectory(NamedTuple):
     :param start: step of the episode the first row is (0 when recorded from the reset)
     :param terminal_observation: the observation after the last step when the env TERMINATED the
         episode there (not a truncation); None otherwise
+    :param render_states: ``[T, D]`` what it takes to draw each step (MuJoCo: ``qpos, qvel`` after
+        the step, see :class:`core.envs.RenderStateInfo`); None when not recorded
     """
 
     observations: np.ndarray
@@ -49,6 +51,7 @@ class Trajectory(NamedTuple):
     episode_id: int = 0
     start: int = 0
     terminal_observation: np.ndarray | None = None
+    render_states: np.ndarray | None = None
 
 
 class Clip(NamedTuple):
@@ -61,6 +64,8 @@ class Clip(NamedTuple):
     :param start: the episode step of the clip's first row
     :param padded: trailing rows past the episode's termination: the absorbing state (the terminal
         observation, a zero action, true reward 0)
+    :param render_states: ``[L, D]`` states to draw the clip from (padded rows repeat the last one);
+        None when not recorded (videos are then drawn from image observations, if any)
     """
 
     observations: np.ndarray
@@ -69,6 +74,7 @@ class Clip(NamedTuple):
     episode_id: int
     start: int
     padded: int = 0
+    render_states: np.ndarray | None = None
 
     @property
     def length(self) -> int:
@@ -108,6 +114,7 @@ def split_episodes(
     rewards: np.ndarray | None,
     dones: np.ndarray,
     first_episode_id: int = 0,
+    render_states: np.ndarray | None = None,
 ) -> list[Trajectory]:
     """Cut a stream of ``T`` steps of one env into episodes after every ``dones[t]`` (True at an
     episode's last step); a trailing unfinished episode is kept. Episodes are numbered in order."""
@@ -116,7 +123,11 @@ def split_episodes(
     pieces = [(int(a), int(b)) for a, b in bounds if b > a]
     return [
         Trajectory(
-            observations[a:b], actions[a:b], None if rewards is None else rewards[a:b], first_episode_id + i
+            observations[a:b],
+            actions[a:b],
+            None if rewards is None else rewards[a:b],
+            first_episode_id + i,
+            render_states=None if render_states is None else render_states[a:b],
         )
         for i, (a, b) in enumerate(pieces)
     ]
@@ -179,6 +190,7 @@ def _clip_at(t: Trajectory, offset: int, length: int) -> Clip:
     window = slice(offset, offset + length)
     observations, actions = np.array(t.observations[window]), np.array(t.actions[window])
     rewards = None if t.rewards is None else np.array(t.rewards[window])
+    states = None if t.render_states is None else np.array(t.render_states[window])
     padded = length - len(observations)
     if padded > 0:
         assert t.terminal_observation is not None
@@ -187,7 +199,9 @@ def _clip_at(t: Trajectory, offset: int, length: int) -> Clip:
         actions = np.concatenate([actions, np.zeros((padded, *actions.shape[1:]), dtype=actions.dtype)])
         if rewards is not None:
             rewards = np.concatenate([rewards, np.zeros(padded, dtype=rewards.dtype)])
-    return Clip(observations, actions, rewards, t.episode_id, t.start + offset, padded)
+        if states is not None:  # the absorbing state is drawn as the last state, held
+            states = np.concatenate([states, np.repeat(states[-1:], padded, axis=0)])
+    return Clip(observations, actions, rewards, t.episode_id, t.start + offset, padded, states)
 
 
 def candidate_pairs(n_clips: int, n_pairs: int, rng: np.random.Generator) -> np.ndarray:

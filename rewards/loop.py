@@ -40,6 +40,7 @@ from rewards.clips import STRATEGIES, Clip, QueryPair, comparisons_from_labels, 
 from rewards.labelers import Labeler
 from rewards.models import RewardEnsemble
 from rewards.preferences import Comparisons
+from rewards.rendering import QueryPublisher
 from rewards.store import LabelStore, NewQuery
 from rewards.wrapper import LearnedRewardVecEnv, relabel_replay
 
@@ -127,6 +128,7 @@ class PreferenceCallback(BaseCallback):
         notify: Callable[[str], None] = print,
         relabel_replay: bool = True,
         absorbing_ends: bool = True,
+        publisher: QueryPublisher | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -156,6 +158,7 @@ class PreferenceCallback(BaseCallback):
         self.notify = notify
         self.relabel_replay = relabel_replay
         self.absorbing_ends = absorbing_ends
+        self.publisher = publisher
         self._absorbing: list[tuple[np.ndarray, np.ndarray]] = []  # absorbing rows of answered clips
         self.rng = np.random.default_rng(seed)
         self.generator = th.Generator().manual_seed(seed)
@@ -175,6 +178,8 @@ class PreferenceCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        if self.publisher is not None:
+            self.publisher.check()
         waited = self.num_timesteps - self._last_round_step >= self.query_every
         last = self.num_timesteps >= self.total_steps
         if self.rounds > 0 and not waited and not last:
@@ -235,7 +240,8 @@ class PreferenceCallback(BaseCallback):
         self._learn_from_new_answers()
 
     def _add_queries(self, pairs: list[QueryPair]) -> list[int]:
-        """Write the pairs' clips, then add them as queries (so every stored query's clips exist)."""
+        """Write the pairs' clips, then add them as queries (so every stored query's clips exist);
+        with a publisher, the queries reach the store once their videos are drawn (no ids then)."""
         queries = []
         for pair in pairs:
             references = []
@@ -250,6 +256,8 @@ class PreferenceCallback(BaseCallback):
             }
             left, right = references
             queries.append(NewQuery(left, right, pair.strategy, pair.score, self.num_timesteps, metadata))
+        if self.publisher is not None:
+            return self.publisher.publish([(q, *pair.clips) for q, pair in zip(queries, pairs, strict=True)])
         return self.store.add_queries(queries)
 
     def _clip(self, reference: str) -> Clip:
@@ -352,10 +360,12 @@ class PreferenceCallback(BaseCallback):
         """The loop's state for a checkpoint: counters, generators, the ensemble (weights, optimizers,
         normalization, adaptive L2) and the recent steps clips are cut from."""
         assert self.reward_env.recent is not None
+        # Queries still being drawn are not in the store yet: a resumed run asks for them again.
+        drawing = 0 if self.publisher is None else self.publisher.queued()
         return {
             "format": 1,
             "counters": {
-                "asked": self.asked,
+                "asked": self.asked - drawing,
                 "answered": self.answered,
                 "rounds": self.rounds,
                 "fits": self.fits,

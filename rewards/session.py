@@ -27,6 +27,7 @@ from rewards.clipfiles import ClipFolder
 from rewards.labelers import labeler_from_setting
 from rewards.loop import PreferenceCallback, ensemble_reward_function
 from rewards.models import RewardEnsemble, build_reward_ensemble
+from rewards.rendering import ClipRenderer, QueryPublisher
 from rewards.settings import PreferenceSettings
 from rewards.store import LabelStore
 from rewards.wrapper import LearnedRewardVecEnv
@@ -98,6 +99,8 @@ class PreferenceSession:
         seed: int = 0,
         should_stop: Callable[[], bool] | None = None,
         notify: Callable[[str], None] = print,
+        env_id: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         check_clip_length(settings.clip_length, env)
@@ -109,6 +112,18 @@ class PreferenceSession:
         recent = settings.recent_steps or default_recent_steps(settings, env.num_envs)
         self.env = LearnedRewardVecEnv(env, ensemble_reward_function(self.ensemble), recent_steps=recent)
         self.store = open_store(settings, run_dir)
+        self.publisher: QueryPublisher | None = None
+        if settings.draws_videos:
+            if env_id is None:
+                raise UsageError("clip videos need the env id (to draw MuJoCo and classic-control clips)")
+            renderer = ClipRenderer(
+                env_id, env_kwargs=env_kwargs, width=settings.video_width, fps=settings.video_fps
+            )
+            # People answer while the rest is drawn; a simulated labeler answers at once.
+            background = settings.labeler == "human"
+            self.publisher = QueryPublisher(
+                renderer, self.store, ClipFolder(run_dir), notify, background=background
+            )
         self.callback = PreferenceCallback(
             self.env,
             self.ensemble,
@@ -133,6 +148,7 @@ class PreferenceSession:
             notify=notify,
             relabel_replay=settings.relabel_replay,
             absorbing_ends=settings.absorbing_ends,
+            publisher=self.publisher,
             seed=seed,
         )
 
@@ -152,6 +168,9 @@ class PreferenceSession:
         self.callback.load_state_dict(state)
 
     def close(self) -> None:
+        """Finish drawing the queued videos (their queries then reach the store), close the store."""
+        if self.publisher is not None:
+            self.publisher.close()
         self.store.close()
 
 

@@ -51,6 +51,15 @@ class PreferenceSettings(BaseModel):
         shorter than a clip still give clips, and ending early compares as what it is
     :param store: SQLAlchemy URL of the label store (None: ``RUN/labels.sqlite``)
     :param instructions: markdown shown to human labelers on the labeling page
+    :param videos: draw each query's clips to ``clips/<hex>.mp4`` before asking it (None: with the
+        human labeler only); MuJoCo and classic-control runs then record render states
+    :param video_width: width of the videos in pixels (MuJoCo renders at width x 3/4 width)
+    :param video_fps: frames per second of the videos (None: the env's real time, at most 60;
+        Atari 15)
+    :param serve: human labeler: ``zoo train pref`` serves the labeling page while it trains
+    :param host: address the labeling page binds (anything but loopback requires labeler tokens)
+    :param port: port of the labeling page (0: any free one)
+    :param lease_seconds: how long a query shown to one labeler is kept from the others
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -82,6 +91,18 @@ class PreferenceSettings(BaseModel):
         "Watch both clips. Choose the one in which the agent does better at the task; "
         "choose equal if they are about as good, and can't tell if you cannot judge."
     )
+    videos: bool | None = None
+    video_width: int = Field(320, ge=16, le=1920)
+    video_fps: float | None = Field(None, gt=0, le=240)
+    serve: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    lease_seconds: float = Field(600.0, gt=0)
+
+    @property
+    def draws_videos(self) -> bool:
+        """Whether the run renders its queries' clips (``videos``, defaulting to the human labeler)."""
+        return self.labeler == "human" if self.videos is None else self.videos
 
     @field_validator("labeler")
     @classmethod

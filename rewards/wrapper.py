@@ -61,6 +61,7 @@ class RecentSteps:
         self._episode = np.arange(n_envs, dtype=np.int64)  # globally unique episode ids: env + k * n_envs
         self._step_in_episode = np.zeros(n_envs, dtype=np.int64)
         self.terminal: dict[int, np.ndarray] = {}  # episode id -> observation after its termination
+        self.render_states: np.ndarray | None = None  # [n_envs, capacity, D], from the first step given
 
     @property
     def n_envs(self) -> int:
@@ -73,10 +74,12 @@ class RecentSteps:
         rewards: np.ndarray,
         dones: np.ndarray,
         terminal_observations: dict[int, np.ndarray] | None = None,
+        render_states: np.ndarray | None = None,
     ) -> None:
         """One vector step: ``observations`` are those the ``actions`` were taken in; ``dones`` end an
         episode at this step; ``terminal_observations`` maps an env whose episode the env TERMINATED
-        at this step to the observation after it."""
+        at this step to the observation after it; ``render_states`` ``[n_envs, D]`` draw the step
+        (kept only when given from the first step on)."""
         for env, terminal in (terminal_observations or {}).items():
             self.terminal[int(self._episode[env])] = np.array(terminal)
         if len(self.terminal) > 4 * self.n_envs + self.capacity // 8:
@@ -87,6 +90,11 @@ class RecentSteps:
         self.actions[:, slot] = np.asarray(actions).reshape(self.actions.shape[:1] + self.actions.shape[2:])
         self.rewards[:, slot] = rewards
         self.dones[:, slot] = dones
+        if render_states is not None and (self.render_states is not None or self.added == 0):
+            states = np.asarray(render_states)
+            if self.render_states is None:
+                self.render_states = np.zeros((self.n_envs, self.capacity, *states.shape[1:]), states.dtype)
+            self.render_states[:, slot] = states
         self.episode_ids[:, slot] = self._episode
         self.episode_steps[:, slot] = self._step_in_episode
         self.added += 1
@@ -114,6 +122,8 @@ class RecentSteps:
         state["terminal_ids"] = np.array(ids, dtype=np.int64)
         if ids:
             state["terminal_observations"] = np.stack([self.terminal[i] for i in ids])
+        if self.render_states is not None:
+            state["render_states"] = self.render_states.copy()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -129,6 +139,8 @@ class RecentSteps:
         ids = [int(i) for i in np.asarray(state.get("terminal_ids", []))]
         observations: Any = np.asarray(state["terminal_observations"]) if ids else []
         self.terminal = {i: np.array(o) for i, o in zip(ids, observations, strict=True)}
+        saved_states = state.get("render_states")
+        self.render_states = None if saved_states is None else np.array(saved_states)
 
     def trajectories(self) -> list[Trajectory]:
         """The stored steps of every env, split at episode ends, oldest first; a trajectory's ``start``
@@ -142,6 +154,7 @@ class RecentSteps:
                 self.actions[env, order],
                 self.rewards[env, order],
                 self.dones[env, order],
+                render_states=None if self.render_states is None else self.render_states[env, order],
             )
             offset = 0
             for piece in pieces:
@@ -217,7 +230,11 @@ class LearnedRewardVecEnv(VecEnvWrapper):
                 for env, (done, info) in enumerate(zip(dones, infos, strict=True))
                 if done and "terminal_observation" in info and not info.get("TimeLimit.truncated", False)
             }
-            self.recent.add(acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones, terminal)
+            states = [info["render_state"] for info in infos if info.get("render_state") is not None]
+            render_states = np.stack(states) if states and len(states) == len(infos) else None
+            self.recent.add(
+                acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones, terminal, render_states
+            )
         # After an episode end the VecEnv has reset: ``obs`` is the next episode's first observation.
         self._last_obs = np.asarray(obs)
         return obs, rewards, dones, infos

@@ -207,6 +207,8 @@ def train(
             seed=config.seed,
             should_stop=lambda: stop.received is not None,
             notify=console.print,
+            env_id=config.env,
+            env_kwargs=dict(config.env_options.get("env_kwargs") or {}),
         )
         env = preference.env
     latest = manager.latest() if resume else None
