@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch as th
@@ -36,7 +36,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from core.errors import UsageError
 from rewards.clipfiles import ClipFolder
-from rewards.clips import STRATEGIES, Clip, QueryPair, comparisons_from_labels, cut_clips, select_pairs
+from rewards.clips import STRATEGIES, Clip, comparisons_from_labels, cut_clips, select_pairs
 from rewards.labelers import Labeler
 from rewards.models import RewardEnsemble
 from rewards.preferences import Comparisons
@@ -63,6 +63,35 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+class PlannedQuery(NamedTuple):
+    """A query of a round before it is stored.
+
+    :param left: the left clip
+    :param right: the right clip
+    :param strategy: how it was chosen (``variance``, ``random``, ``repeat``, ``gold``)
+    :param score: the selection score, if any
+    :param kind: ``normal``, ``repeat`` or ``gold`` (see :mod:`rewards.store`)
+    :param repeat_of: the query a repeat repeats
+    :param gold_choice: the known answer of a gold query
+    :param references: the clips' stored references when they are already on disk (repeats)
+    """
+
+    left: Clip
+    right: Clip
+    strategy: str
+    score: float | None
+    kind: str = "normal"
+    repeat_of: int | None = None
+    gold_choice: str | None = None
+    references: tuple[str, str] | None = None
+
+
+def _stochastic_round(value: float, rng: np.random.Generator) -> int:
+    """``floor(value)``, plus one with probability ``value - floor(value)`` (unbiased in small rounds)."""
+    whole = math.floor(value)
+    return whole + int(rng.random() < value - whole)
 
 
 class PreferenceCallback(BaseCallback):
@@ -99,6 +128,11 @@ class PreferenceCallback(BaseCallback):
     :param relabel_replay: after each fit, give an off-policy agent's replay the new rewards
     :param absorbing_ends: clips may run past a termination into the absorbing state, and the learned
         reward is shifted so that the absorbing state's is 0 (see :func:`rewards.clips.cut_clips`)
+    :param publisher: draws each query's videos before it is added (:mod:`rewards.rendering`)
+    :param repeat_share: share of each round's queries that repeat an answered one, clips mirrored
+        (the labelers' consistency, on the stats page)
+    :param gold_share: share of each round's queries with a known answer: the pair whose true returns
+        differ most among a few candidates (the labelers' accuracy)
     :param seed: seed of clip cutting and selection
     """
 
@@ -129,6 +163,8 @@ class PreferenceCallback(BaseCallback):
         relabel_replay: bool = True,
         absorbing_ends: bool = True,
         publisher: QueryPublisher | None = None,
+        repeat_share: float = 0.0,
+        gold_share: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -159,6 +195,10 @@ class PreferenceCallback(BaseCallback):
         self.relabel_replay = relabel_replay
         self.absorbing_ends = absorbing_ends
         self.publisher = publisher
+        if not (0.0 <= repeat_share <= 0.5 and 0.0 <= gold_share <= 0.5):
+            shares = f"{repeat_share}, {gold_share}"
+            raise UsageError(f"repeat_share and gold_share must be in [0, 0.5]; got {shares}")
+        self.repeat_share, self.gold_share = repeat_share, gold_share
         self._absorbing: list[tuple[np.ndarray, np.ndarray]] = []  # absorbing rows of answered clips
         self.rng = np.random.default_rng(seed)
         self.generator = th.Generator().manual_seed(seed)
@@ -226,12 +266,14 @@ class PreferenceCallback(BaseCallback):
         pairs = select_pairs(
             self.ensemble if fitted else None, clips, n_queries, strategy, self.oversampling, rng=self.rng
         )
-        query_ids = self._add_queries(pairs)
+        planned = [PlannedQuery(pair.left, pair.right, pair.strategy, pair.score) for pair in pairs]
+        planned = self._with_checks(planned, clips)
+        query_ids = self._add_queries(planned)
         if self.labeler is not None:
-            choices = self.labeler.label([pair.clips for pair in pairs])
+            choices = self.labeler.label([(query.left, query.right) for query in planned])
             for query_id, choice in zip(query_ids, choices, strict=True):
                 self.store.answer(query_id, self.labeler_name, choice)
-        self.asked += len(pairs)
+        self.asked += len(planned)
         self.rounds += 1
         self._last_round_step = self.num_timesteps
         scores = [p.score for p in pairs if p.score is not None]
@@ -239,25 +281,67 @@ class PreferenceCallback(BaseCallback):
             self.logger.record("reward/disagreement", float(np.mean(scores)))
         self._learn_from_new_answers()
 
-    def _add_queries(self, pairs: list[QueryPair]) -> list[int]:
-        """Write the pairs' clips, then add them as queries (so every stored query's clips exist);
+    def _with_checks(self, planned: list[PlannedQuery], candidates: list[Clip]) -> list[PlannedQuery]:
+        """Replace some of a round's queries by consistency checks: ``repeat_share`` repeats of answered
+        queries (clips mirrored) and ``gold_share`` gold queries (a pair whose true returns differ
+        most among a few candidates, its answer known). At least one ordinary query stays."""
+        n_repeat = _stochastic_round(len(planned) * self.repeat_share, self.rng)
+        n_gold = _stochastic_round(len(planned) * self.gold_share, self.rng)
+        checks: list[PlannedQuery] = []
+        if n_repeat:
+            answered = [p for p in self.store.answered_since(0) if p.kind == "normal"]
+            picks = self.rng.permutation(len(answered))[:n_repeat]
+            for pick in picks:
+                original = answered[int(pick)]
+                left, right = original.right_clip, original.left_clip  # mirrored
+                checks.append(
+                    PlannedQuery(
+                        self.clips.load(left), self.clips.load(right), "repeat", None,
+                        kind="repeat", repeat_of=original.query_id, references=(left, right),
+                    )
+                )  # fmt: skip
+        with_returns = [clip for clip in candidates if clip.true_rewards is not None]
+        if n_gold and len(with_returns) >= 2:
+            returns = np.array([float(np.sum(np.asarray(clip.true_rewards))) for clip in with_returns])
+            for _ in range(n_gold):
+                drawn = self.rng.choice(len(with_returns), size=(self.oversampling, 2))
+                gaps = np.abs(returns[drawn[:, 0]] - returns[drawn[:, 1]])
+                i, j = drawn[int(np.argmax(gaps))]
+                if returns[i] == returns[j]:
+                    continue  # no clear answer among these
+                choice = "left" if returns[i] > returns[j] else "right"
+                left, right = with_returns[i], with_returns[j]
+                checks.append(PlannedQuery(left, right, "gold", None, kind="gold", gold_choice=choice))
+        checks = checks[: max(len(planned) - 1, 0)]
+        return planned[: len(planned) - len(checks)] + checks
+
+    def _add_queries(self, planned: list[PlannedQuery]) -> list[int]:
+        """Write the queries' new clips, then add them as queries (so every stored query's clips exist);
         with a publisher, the queries reach the store once their videos are drawn (no ids then)."""
         queries = []
-        for pair in pairs:
-            references = []
-            for clip in pair.clips:
-                reference = self.clips.save(clip)
-                self._written[reference] = clip
-                references.append(reference)
+        for query in planned:
+            references = query.references
+            if references is None:
+                saved = []
+                for clip in (query.left, query.right):
+                    reference = self.clips.save(clip)
+                    self._written[reference] = clip
+                    saved.append(reference)
+                references = (saved[0], saved[1])
             metadata = {
-                "clip_length": pair.left.length,
-                "episodes": [pair.left.episode_id, pair.right.episode_id],
-                "starts": [pair.left.start, pair.right.start],
+                "clip_length": query.left.length,
+                "episodes": [query.left.episode_id, query.right.episode_id],
+                "starts": [query.left.start, query.right.start],
             }
-            left, right = references
-            queries.append(NewQuery(left, right, pair.strategy, pair.score, self.num_timesteps, metadata))
+            queries.append(
+                NewQuery(
+                    *references, query.strategy, query.score, self.num_timesteps, metadata,
+                    query.kind, query.repeat_of, query.gold_choice,
+                )
+            )  # fmt: skip
         if self.publisher is not None:
-            return self.publisher.publish([(q, *pair.clips) for q, pair in zip(queries, pairs, strict=True)])
+            items = [(new, query.left, query.right) for new, query in zip(queries, planned, strict=True)]
+            return self.publisher.publish(items)
         return self.store.add_queries(queries)
 
     def _clip(self, reference: str) -> Clip:

@@ -149,6 +149,8 @@ class PreferenceSession:
             relabel_replay=settings.relabel_replay,
             absorbing_ends=settings.absorbing_ends,
             publisher=self.publisher,
+            repeat_share=settings.repeat_share,
+            gold_share=settings.gold_share,
             seed=seed,
         )
 

@@ -60,6 +60,10 @@ class PreferenceSettings(BaseModel):
     :param host: address the labeling page binds (anything but loopback requires labeler tokens)
     :param port: port of the labeling page (0: any free one)
     :param lease_seconds: how long a query shown to one labeler is kept from the others
+    :param repeat_share: share of each round's queries that repeat an answered one with the clips
+        mirrored (measures consistency; the stats page shows the agreement)
+    :param gold_share: share of each round's queries whose answer is known from the true reward (the
+        pair of candidates whose true returns differ most; measures accuracy)
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -98,6 +102,8 @@ class PreferenceSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     lease_seconds: float = Field(600.0, gt=0)
+    repeat_share: float = Field(0.0, ge=0.0, le=0.5)
+    gold_share: float = Field(0.0, ge=0.0, le=0.5)
 
     @property
     def draws_videos(self) -> bool:

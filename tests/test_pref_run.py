@@ -343,3 +343,38 @@ def test_an_off_policy_agent_learns_from_preferences_with_a_relabeled_replay(
     assert code == 0, err
     relabeled = [float(r["reward/relabeled"]) for r in progress_rows(run) if r.get("reward/relabeled")]
     assert relabeled and relabeled[-1] > 1000  # the whole replay, after every fit
+
+
+def test_repeat_and_gold_queries_measure_the_labeler(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The oracle answers a mirrored repeat as it answered the original, and every gold query right."""
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "pref",
+        "--env",
+        "Pendulum-v1",
+        "--steps",
+        "1024",
+        "--labels",
+        "40",
+        "--run-dir",
+        str(run),
+    ]
+    args += ["--set", "preference.repeat_share=0.3", "--set", "preference.gold_share=0.3", *QUICK]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    with LabelStore.for_run(run) as store:
+        stats = store.stats()
+        assert store.progress() == (40, 0, 0, 40)
+        kinds = [store.get_query(i).kind for i in range(1, 41)]
+        for query_id, kind in enumerate(kinds, 1):
+            query = store.get_query(query_id)
+            if kind == "repeat":
+                assert query.repeat_of is not None
+                original = store.get_query(query.repeat_of)
+                assert (query.left_clip, query.right_clip) == (original.right_clip, original.left_clip)
+    assert kinds[0] == "normal" and kinds.count("repeat") >= 3 and kinds.count("gold") >= 3
+    assert stats.repeat_pairs == kinds.count("repeat") and stats.repeat_agreement == 1.0
+    assert stats.gold_answered == kinds.count("gold") and stats.gold_accuracy == 1.0
