@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -378,3 +379,53 @@ def test_repeat_and_gold_queries_measure_the_labeler(
     assert kinds[0] == "normal" and kinds.count("repeat") >= 3 and kinds.count("gold") >= 3
     assert stats.repeat_pairs == kinds.count("repeat") and stats.repeat_agreement == 1.0
     assert stats.gold_answered == kinds.count("gold") and stats.gold_accuracy == 1.0
+
+
+def test_a_human_pref_run_serves_its_labeling_page_and_learns_from_its_answers(tmp_path: Path) -> None:
+    """`zoo train pref --labeler human` prints the page's URL; answers posted there (as the page does)
+    reach training, which waits for each of them (run_ahead 0) and then finishes."""
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+
+    run = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).with_name("zoo")), "train", "pref", "--env", "CartPole-v1",
+        "--labeler", "human", "--labels", "4", "--steps", "512", "--run-dir", str(run), "--quiet",
+        "--set", "preference.port=0", "--set", "preference.run_ahead=0",
+        "--set", "preference.query_every=256", "--set", "preference.clip_length=10",
+        "--set", "preference.video_width=64", "--set", "preference.poll_seconds=0.1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    url = None
+    for line in process.stdout:
+        if found := re.search(r"label clips at (http://127\.0\.0\.1:\d+/)", line):
+            url = found.group(1)
+            break
+    assert url is not None, process.stdout.read()
+    answered = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                query = client.get("/api/next").json()["query"]
+            except httpx.ConnectError:  # training finished and stopped serving; the process is exiting
+                break
+            if query is None:
+                time.sleep(0.1)
+                continue
+            assert client.get(query["left_video"]).headers["content-type"] == "video/mp4"
+            response = client.post(
+                "/api/answer", json={"query_id": query["id"], "choice": "left", "seconds": 1}
+            )
+            assert response.status_code == 200, response.text
+            answered.append(query["id"])
+    output = process.stdout.read()
+    assert process.wait(timeout=60) == 0, output
+    assert sorted(answered) == [1, 2, 3, 4]
+    with LabelStore.for_run(run) as store:
+        assert store.progress() == (4, 0, 0, 4)
+        assert set(store.stats().per_labeler) == {"local"}

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from core.errors import UsageError, ZooError
 from zoo.cli_data import register_data_commands
+from zoo.cli_label import label_app
 from zoo.cli_reward import register_reward_commands
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 register_data_commands(app, console)
 register_reward_commands(app, console)
+app.add_typer(label_app, name="label")
 
 
 @app.callback()

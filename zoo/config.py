@@ -571,10 +571,10 @@ def resolve(
         validate_preference_settings(settings, "preference settings")
 
     validate_run_settings(run, "run settings")
-    if preference is not None and family.observation_kind == "vector":
-        # The videos people label are drawn from each step's recorded state (rewards.rendering).
-        if PreferenceSettings.model_validate(settings).draws_videos:
-            env_options = {**env_options, "record_render_state": True}
+    # The videos people label are drawn from each step's recorded state (rewards.rendering).
+    vector = family.observation_kind == "vector"
+    if preference is not None and vector and PreferenceSettings.model_validate(settings).draws_videos:
+        env_options = {**env_options, "record_render_state": True}
     resolved_env = validate_env_options(family, env_options, "env options")
     validate_hyperparameters(spec, hyper, f"agents.{agent}")
     try:

@@ -33,6 +33,7 @@ from core.logging import configure_run_logger
 from core.noise import SizedActionNoise
 from core.replay import EpisodicReplayBuffer
 from core.training_state import load_training_state, save_training_state
+from rewards.settings import PreferenceSettings
 from zoo.config import RunConfig, materialize_hyperparameters
 from zoo.runs import read_status, write_json_atomic, write_status
 
@@ -211,6 +212,14 @@ def train(
             env_kwargs=dict(config.env_options.get("env_kwargs") or {}),
         )
         env = preference.env
+    stop_server: Callable[[], None] | None = None
+    if config.preference is not None and config.preference.labeler == "human" and config.preference.serve:
+        try:
+            stop_server = start_label_server(config.preference, run_dir, console)
+        except BaseException:
+            assert preference is not None
+            preference.close()
+            raise
     latest = manager.latest() if resume else None
     if latest is not None:
         model = load_training_state(setup.spec.algorithm, latest, env, device=setup.device)
@@ -274,6 +283,8 @@ def train(
         raise
     finally:
         stop.uninstall()
+        if stop_server is not None:
+            stop_server()
     interrupted = stop.received is not None
     checkpoint = checkpoints.checkpoint()
     final_eval = None
@@ -292,6 +303,44 @@ def train(
     if preference is not None:
         preference.close()
     return TrainOutcome(status, model.num_timesteps, final_eval, checkpoint, evaluation.reached is not None)
+
+
+def start_label_server(settings: PreferenceSettings, run_dir: Path, console: Console) -> Callable[[], None]:
+    """Serve the labeling page of a human-labeled run while it trains; prints the URL to open (with a
+    fresh token for the labeler ``local`` when the page is bound beyond loopback).
+
+    :return: stops the server and closes its connections
+    """
+    from labeling.server import LabelServer
+    from rewards.session import open_store
+
+    store = open_store(settings, run_dir)  # the server's own connections, apart from training's
+    server = LabelServer(
+        run_dir,
+        store,
+        host=settings.host,
+        port=settings.port,
+        budget=settings.labels,
+        instructions=settings.instructions,
+        lease_seconds=settings.lease_seconds,
+    )
+    try:
+        server.start()
+    except OSError as error:  # e.g. the port is taken
+        store.close()
+        raise UsageError(f"labeling page: {error} (set preference.port, 0 for any free port)") from None
+    except BaseException:
+        store.close()
+        raise
+    token = store.add_labeler("local", replace=True) if server.require_token else None
+    more = f"more labelers: zoo label add-labeler {run_dir} NAME"
+    console.print(f"label clips at {server.url(token)}  ({more})", soft_wrap=True, highlight=False)
+
+    def stop() -> None:
+        server.stop()
+        store.close()
+
+    return stop
 
 
 # --------------------------------------------------------------------------------------------------
