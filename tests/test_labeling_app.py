@@ -606,3 +606,33 @@ def test_serve_prints_the_url_serves_and_stops_on_ctrl_c(run_dir: Path) -> None:
     assert "stopped" in out
     with LabelStore.for_run(run_dir) as store:
         assert store.check_token(token) == LOCAL_LABELER
+
+
+def test_killing_the_server_loses_no_answer(run_dir: Path) -> None:
+    """An answer is committed before its response: SIGKILL right after the 200 keeps every answer."""
+    make_run(run_dir, {"labels": 10})
+    with LabelStore.for_run(run_dir) as label_store:
+        ids = label_store.add_queries([NewQuery(new_clip(), new_clip(), "random") for _ in range(3)])
+    command = [sys.executable, "-m", "zoo.cli", "label", "serve", str(run_dir), "--port", "0"]
+    env = {**os.environ, "COLUMNS": "200"}
+    with subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            found = re.search(r"labeling page: (http://127\.0\.0\.1:\d+)/", line)
+            assert found is not None, line + (proc.stderr.read() if proc.stderr else "")
+            with httpx.Client(base_url=found.group(1), timeout=30) as client:
+                for choice in ("left", "right"):
+                    query = client.get("/api/next").json()["query"]
+                    answer = client.post("/api/answer", json={"query_id": query["id"], "choice": choice})
+                    assert answer.status_code == 200, answer.text
+            proc.send_signal(signal.SIGKILL)  # no shutdown, no flush
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    with LabelStore.for_run(run_dir) as label_store:
+        assert label_store.progress() == (2, 1, 0, 3)
+        answers = {p.query_id: p.choice for p in label_store.answered_since(0)}
+    assert answers == {ids[0]: "left", ids[1]: "right"}
