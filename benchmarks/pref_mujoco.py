@@ -97,6 +97,10 @@ def main() -> None:
         "--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS,
         help="run only these (parallel invocations can split the work; results are merged per learner)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pref-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a preference setting for the pref runs, e.g. clip_length=100 (repeatable)",
+    )  # fmt: skip
     options = parser.parse_args()
     work: Path = options.work
     work.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,8 @@ def main() -> None:
             ),
         }
         header = {"steps": steps, "env_options": env_options, "labels": options.labels}
+        if options.pref_set:
+            header["preference_settings"] = sorted(options.pref_set)
         for name, (seeds, command) in learners.items():
             if name.removesuffix(f"_{options.teacher}") not in options.learners:
                 continue
@@ -126,6 +132,8 @@ def main() -> None:
                 args = [*command, "--env", env_id, "--steps", str(steps), "--seed", str(seed)]
                 if name != "ppo_true_reward":
                     args += ["--labels", str(options.labels)]
+                    for assignment in options.pref_set:
+                        args += ["--set", f"preference.{assignment}"]
                 wall = train_once(run, args)
                 record = {"seed": seed, "wall_seconds": wall, "return": evaluate(run, options.episodes)}
                 if name != "ppo_true_reward":
@@ -150,11 +158,12 @@ def report(results: dict[str, Any]) -> None:
         ppo = env_results.get("ppo_true_reward", [])
         ppo_mean = statistics.fmean(r["return"] for r in ppo) if ppo else float("nan")
         print(f"\n### {env_id}: {env_results['steps']} env steps, {env_results['labels']} labels")
-        print(f"env options: {env_results['env_options']}\n")
+        print(f"env options: {env_results['env_options']}")
+        print(f"preference settings: {env_results.get('preference_settings', 'zoo.yaml defaults')}\n")
         print("| learner | true greedy return (mean ± std) | per seed | vs PPO | wall time (median) |")
         print("|---|---|---|---|---|")
         for name, runs in env_results.items():
-            if not isinstance(runs, list):
+            if name not in ("ppo_true_reward", "pref_synthetic") and not name.startswith("pref_teacher_"):
                 continue
             returns = [r["return"] for r in runs]
             ratio = statistics.fmean(returns) / ppo_mean if ppo_mean else float("nan")
