@@ -94,10 +94,24 @@ def family_for(env_id: str) -> EnvFamily:
     raise UsageError(f"unknown env id '{env_id}'{did_you_mean(env_id, all_ids)}; `zoo list` shows them")
 
 
+ALE_STATE_BYTES = 16_384
+"""Size of an Atari render state: a 4-byte length, then ale-py's serialized ``ALEState`` (~7.8 KB)."""
+
+
 def render_state(env: gym.Env) -> np.ndarray:
     """What it takes to draw ``env`` as it is now: MuJoCo's ``concat(qpos, qvel)``, classic control's
-    ``state`` vector; a :class:`UsageError` for an env that has neither."""
+    ``state`` vector, the Atari emulator's serialized state (uint8, :data:`ALE_STATE_BYTES`); a
+    :class:`UsageError` for an env that has none of them."""
     base = env.unwrapped
+    ale = getattr(base, "ale", None)
+    if ale is not None:
+        serialized = ale.cloneState().serialize()
+        if len(serialized) + 4 > ALE_STATE_BYTES:
+            raise UsageError(f"an ALE state of {len(serialized)} bytes exceeds {ALE_STATE_BYTES - 4}")
+        packed = np.zeros(ALE_STATE_BYTES, dtype=np.uint8)
+        packed[:4] = np.frombuffer(len(serialized).to_bytes(4, "little"), dtype=np.uint8)
+        packed[4 : 4 + len(serialized)] = np.frombuffer(serialized, dtype=np.uint8)
+        return packed
     data = getattr(base, "data", None)
     if data is not None and hasattr(data, "qpos") and hasattr(data, "qvel"):
         return np.concatenate([np.asarray(data.qpos).ravel(), np.asarray(data.qvel).ravel()])
@@ -108,8 +122,20 @@ def render_state(env: gym.Env) -> np.ndarray:
 
 
 def restore_render_state(env: gym.Env, state: np.ndarray) -> None:
-    """Put ``env`` back into a :func:`render_state` (its ``render()`` then draws that moment)."""
+    """Put ``env`` back into a :func:`render_state` (its ``render()`` then draws that moment; an Atari
+    emulator runs one frame, a 60th of a second, to draw its screen)."""
     base: Any = env.unwrapped
+    ale = getattr(base, "ale", None)
+    if ale is not None:
+        import ale_py
+
+        packed = np.asarray(state, dtype=np.uint8)
+        length = int.from_bytes(packed[:4].tobytes(), "little")
+        if not 0 < length <= len(packed) - 4:
+            raise UsageError(f"not an ALE render state (length field {length})")
+        ale.restoreState(ale_py.ALEState(packed[4 : 4 + length].tobytes()))  # parsed, never unpickled
+        ale.act(0)  # the screen is not part of the state: draw it
+        return
     data = getattr(base, "data", None)
     if data is not None and hasattr(base, "set_state"):
         n_qpos = int(np.asarray(data.qpos).size)

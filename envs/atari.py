@@ -44,7 +44,7 @@ from stable_baselines3.common.type_aliases import AtariResetReturn, AtariStepRet
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack, VecTransposeImage
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from core.envs import EnvFamily, EnvOptions
+from core.envs import EnvFamily, EnvOptions, RenderStateInfo
 from core.errors import UsageError
 from envs import make_registered_env, seed_env
 
@@ -73,6 +73,9 @@ class AtariOptions(EnvOptions):
     :param backend: ``native`` (ale-py's C++ vector env), ``wrappers`` (SB3's wrappers, the exact
         stream of SB3's Atari pipeline) or ``auto`` (the faster one on the measured machine)
     :param env_kwargs: extra keyword arguments for ``gymnasium.make`` (``wrappers`` backend only)
+    :param record_render_state: every step's ``info["render_state"]`` holds the emulator's state (to
+        draw the colour screen of clips later; :class:`core.envs.RenderStateInfo`); needs, and
+        under ``auto`` picks, the ``wrappers`` backend. Preference runs with human labelers set it
     """
 
     repeat_action_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
@@ -86,6 +89,7 @@ class AtariOptions(EnvOptions):
     full_action_space: bool = False
     max_episode_frames: Annotated[int, Field(ge=1)] = 108_000
     backend: Literal["auto", "native", "wrappers"] = "auto"
+    record_render_state: bool = False
 
 
 @cache
@@ -121,9 +125,11 @@ def resolve_backend(options: AtariOptions, n_envs: int) -> Backend:
     """
     if options.backend == "native" and options.env_kwargs:
         raise UsageError("Atari backend 'native' takes no env_kwargs; use backend: wrappers")
+    if options.backend == "native" and options.record_render_state:
+        raise UsageError("Atari backend 'native' cannot record render states; use backend: wrappers")
     if options.backend != "auto":
         return options.backend
-    return "wrappers" if options.env_kwargs else "native"
+    return "wrappers" if options.env_kwargs or options.record_render_state else "native"
 
 
 class StrictEpisodicLifeEnv(EpisodicLifeEnv):
@@ -187,6 +193,8 @@ def make_preprocessed_env(
     env = WarpFrame(env, width=options.screen_size, height=options.screen_size)
     if training and options.clip_reward:
         env = ClipRewardEnv(env)
+    if options.record_render_state:
+        env = RenderStateInfo(env)  # outermost: the emulator's state after the whole agent step
     return env
 
 

@@ -3,14 +3,16 @@
 - :class:`ClipRenderer` draws a clip's frames. Clips recorded with render states (MuJoCo: ``qpos,
   qvel`` after each step; classic control: the ``state`` vector; see :class:`envs.RenderStateInfo`)
   are drawn by a second, render-only instance of the env put into each state in turn, off-screen
-  (MuJoCo through EGL unless ``MUJOCO_GL`` says otherwise). Clips of image observations (Atari) are
-  drawn from their frames: the newest frame of each stack, scaled up by an integer factor.
+  (MuJoCo through EGL unless ``MUJOCO_GL`` says otherwise; Atari: the emulator restored to each
+  step's state draws its colour screen). Clips of image observations recorded without render states
+  are drawn from their frames: the newest frame of each stack, scaled up by an integer factor.
 - :class:`QueryPublisher` renders the two videos of each query in a background thread and adds the
   query to the label store only once both exist, so the labeling page never shows a query without
   its videos and people can start on the first queries while the rest of a round is drawn.
 
-Differences from the paper: Atari clips show the agent's own 84x84 gray frames (as it saw the game),
-not the emulator's colour screen.
+Differences from the paper: none in what people see (the paper showed the game's screen); an Atari
+frame is the screen one emulator frame (1/60 s) after the step's state, which is how the restored
+emulator draws it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,13 @@ class ClipRenderer:
             import gymnasium as gym
 
             os.environ.setdefault("MUJOCO_GL", "egl")
+            if self.is_atari:
+                import ale_py
+
+                gym.register_envs(ale_py)
             kwargs = {**self.env_kwargs, "render_mode": "rgb_array"}
+            if self.is_atari:  # the drawing frame must be the game's own, never a sticky repeat
+                kwargs["repeat_action_probability"] = 0.0
             try:
                 env = gym.make(self.env_id, width=self.width, height=self.width * 3 // 4, **kwargs)
             except TypeError:  # classic control draws at its own size
@@ -76,11 +84,15 @@ class ClipRenderer:
             self._env = env
         return self._env
 
+    @property
+    def is_atari(self) -> bool:
+        return self.env_id.startswith("ALE/")
+
     def fps(self, clip: Clip) -> float:
         """Frames per second of ``clip``'s video."""
         if self._fps is not None:
             return self._fps
-        if clip.render_states is None:
+        if clip.render_states is None or self.is_atari:
             return ATARI_STEPS_PER_SECOND
         env = self._render_env()
         steps_per_second = env.metadata.get("render_fps") or 30
@@ -96,12 +108,15 @@ class ClipRenderer:
             drawn = []
             for state in np.asarray(clip.render_states):
                 restore_render_state(env, state)
-                drawn.append(np.asarray(env.render()))
+                frame = np.asarray(env.render())
+                drawn.append(self._scaled(frame) if 2 * frame.shape[1] <= self.width else frame)
             return drawn
         return [self._scaled(frame) for frame in newest_frames(clip.observations)]
 
     def _scaled(self, frame: np.ndarray) -> np.ndarray:
-        factor = max(1, -(-self.width // frame.shape[1]))
+        """``frame`` repeated by an integer factor, to at least ``width`` (or the nearest below it for
+        a colour screen, which is not scaled past twice the width)."""
+        factor = max(1, -(-self.width // frame.shape[1]) if frame.ndim == 2 else self.width // frame.shape[1])
         return np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
 
     def write(self, clip: Clip, path: Path) -> float:

@@ -257,4 +257,35 @@ def test_runs_that_draw_videos_record_render_states_on_vector_envs() -> None:
     assert synthetic.env_options["record_render_state"] is False
     assert synthetic.preference is not None and not synthetic.preference.draws_videos
     atari = resolve("ppo", "ALE/Pong-v5", preference={"labeler": "human"})
-    assert "record_render_state" not in atari.env_options  # drawn from its own frames
+    assert atari.env_options["record_render_state"] is True  # the emulator's state: colour screens
+
+
+def test_atari_clips_are_drawn_in_colour_from_the_emulator_state(tmp_path: Path) -> None:
+    """A recorded ALE state restores the game: the drawn frame is the screen the game showed."""
+    from envs.atari import FAMILY, AtariOptions, resolve_backend
+
+    options = AtariOptions(record_render_state=True)
+    assert resolve_backend(options, 8) == "wrappers"
+    with pytest.raises(UsageError, match="cannot record render states"):
+        resolve_backend(AtariOptions(record_render_state=True, backend="native"), 1)
+    env = FAMILY.make_vec_env("ALE/Pong-v5", options=options, n_envs=1, seed=0, training=False)
+    env.reset()
+    states, screens = [], []
+    ale = env.venv.envs[0].unwrapped.ale  # type: ignore[attr-defined]
+    for _ in range(12):
+        *_, infos = env.step(np.array([env.action_space.sample()]))
+        states.append(infos[0]["render_state"])
+        ale_copy = ale.cloneState()
+        ale.act(0)  # the screen one frame on, as a restored emulator draws it
+        screens.append(ale.getScreenRGB().copy())
+        ale.restoreState(ale_copy)
+    env.close()
+    clip = Clip(np.zeros((12, 4, 84, 84), np.uint8), np.zeros(12, np.int64), None, 0, 0, 0, np.stack(states))
+    renderer = ClipRenderer("ALE/Pong-v5", width=320)
+    drawn = renderer.frames(clip)
+    assert drawn[0].shape == (420, 320, 3)  # 210x160 scaled 2x
+    for ours, screen in zip(drawn, screens, strict=True):
+        np.testing.assert_array_equal(ours[::2, ::2], screen)
+    assert renderer.write(clip, tmp_path / "pong.mp4") == 15
+    assert count_frames(tmp_path / "pong.mp4") == 12
+    renderer.close()

@@ -572,8 +572,8 @@ def resolve(
 
     validate_run_settings(run, "run settings")
     # The videos people label are drawn from each step's recorded state (rewards.rendering).
-    vector = family.observation_kind == "vector"
-    if preference is not None and vector and PreferenceSettings.model_validate(settings).draws_videos:
+    records = "record_render_state" in family.Options.model_fields
+    if preference is not None and records and PreferenceSettings.model_validate(settings).draws_videos:
         env_options = {**env_options, "record_render_state": True}
     resolved_env = validate_env_options(family, env_options, "env options")
     validate_hyperparameters(spec, hyper, f"agents.{agent}")
