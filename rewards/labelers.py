@@ -170,7 +170,8 @@ def teacher_from_name(
 
 class PresetTeacher:
     """A :func:`teacher_from_name` preset whose thresholds and temperature are calibrated on the true
-    returns of the clips of its first batch (the first round's candidates), then kept fixed.
+    returns of the clips of its first batch whose returns differ, then kept fixed (before it, every
+    pair has equal returns and is answered "equal").
 
     :param name: a preset name (see :data:`PRESETS`)
     :param seed: seed of the teacher's randomness
@@ -188,6 +189,10 @@ class PresetTeacher:
     def label(self, pairs: Sequence[tuple[Clip, Clip]]) -> list[str]:
         if self.teacher is None:
             returns = [float(true_rewards(clip).sum()) for pair in pairs for clip in pair]
+            if not np.std(returns) > 0.0:
+                # Nothing to calibrate on (e.g. Pong's first clips all score 0): every pair is a tie,
+                # answered as such; the first batch whose returns differ calibrates the teacher.
+                return ["equal"] * len(pairs)
             self.teacher = teacher_from_name(self.name, clip_returns=returns, seed=self.seed)
         return self.teacher.label(pairs)
 

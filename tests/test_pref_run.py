@@ -192,6 +192,23 @@ def test_teachers_calibrate_on_their_first_batch_and_checkpoint_their_state() ->
     assert labeler_from_setting("human") is None
 
 
+def test_a_teacher_waits_for_differing_returns_to_calibrate() -> None:
+    """Pong's first clips all score 0: the teacher answers them "equal" and calibrates later."""
+    ties = [
+        tuple(Clip(np.zeros((5, 1)), np.zeros((5, 1)), np.zeros(5), i, 0) for _ in range(2)) for i in range(4)
+    ]
+    teacher = PresetTeacher("stoc", seed=0)
+    assert teacher.label(ties) == ["equal"] * 4  # type: ignore[arg-type]
+    assert teacher.state_dict() == {}
+    rng = np.random.default_rng(1)
+    varied = [
+        tuple(Clip(np.zeros((5, 1)), np.zeros((5, 1)), rng.normal(size=5), i, 0) for _ in range(2))
+        for i in range(4)
+    ]
+    assert len(teacher.label(varied)) == 4  # type: ignore[arg-type]
+    assert teacher.state_dict()["beta"] > 0
+
+
 def test_ignore_termination_lets_the_pendulum_fall_until_the_time_limit() -> None:
     env = MUJOCO.make_env(
         "InvertedPendulum-v5", options=GymOptions(ignore_termination=True), training=True, seed=0
