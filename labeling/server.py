@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import uvicorn
 
-from labeling.app import create_app, is_loopback
+from labeling.app import LOCAL_LABELER, create_app, is_loopback
 from rewards.store import LabelStore
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class LabelServer:
         title: str = "",
     ) -> None:
         self.host = host
+        self.store = store
         self.require_token = requires_token(host)
         self.app = create_app(
             Path(run_dir),
@@ -126,6 +127,12 @@ class LabelServer:
         :param token: a labeler token to put in the link (None: a plain link).
         """
         return page_url(self.host, self.port, token)
+
+    def local_url(self) -> str:
+        """The URL to print for the person who started the server: plain on loopback, else with a
+        fresh token of the labeler ``local`` (its previous token stops working)."""
+        token = self.store.add_labeler(LOCAL_LABELER, replace=True) if self.require_token else None
+        return self.url(token)
 
     def start(self) -> None:
         """Bind, start serving in a background thread, and return once connections are accepted.

@@ -576,17 +576,22 @@ def test_serve_refuses_a_busy_port(
     assert code == 2 and "Address already in use" in err and len(err.strip().splitlines()) == 1
 
 
+def serve_in_subprocess(run_dir: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """``zoo label serve RUN --port 0 OPTIONS`` in a subprocess and the first line it printed."""
+    command = [sys.executable, "-m", "zoo.cli", "label", "serve", str(run_dir), "--port", "0", *options]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline()
+
+
 def test_serve_prints_the_url_serves_and_stops_on_ctrl_c(run_dir: Path) -> None:
     make_run(run_dir, {"labels": 10, "instructions": "Pick the **faster** one."})
-    command = [sys.executable, "-m", "zoo.cli", "label", "serve", str(run_dir), "--port", "0"]
-    command += ["--host", "0.0.0.0"]
-    env = {**os.environ, "COLUMNS": "200"}
-    with subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
+    proc, line = serve_in_subprocess(run_dir, "--host", "0.0.0.0")
+    with proc:
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
             found = re.search(r"labeling page: http://\S+:(\d+)/\?token=(\S+)", line)
             assert found is not None, line + (proc.stderr.read() if proc.stderr else "")
             port, token = found.groups()
@@ -613,14 +618,9 @@ def test_killing_the_server_loses_no_answer(run_dir: Path) -> None:
     make_run(run_dir, {"labels": 10})
     with LabelStore.for_run(run_dir) as label_store:
         ids = label_store.add_queries([NewQuery(new_clip(), new_clip(), "random") for _ in range(3)])
-    command = [sys.executable, "-m", "zoo.cli", "label", "serve", str(run_dir), "--port", "0"]
-    env = {**os.environ, "COLUMNS": "200"}
-    with subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
+    proc, line = serve_in_subprocess(run_dir)
+    with proc:
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
             found = re.search(r"labeling page: (http://127\.0\.0\.1:\d+)/", line)
             assert found is not None, line + (proc.stderr.read() if proc.stderr else "")
             with httpx.Client(base_url=found.group(1), timeout=30) as client:

@@ -117,8 +117,7 @@ def serve_command(
     title = f"Which clip is better? · {env}" if isinstance(env, str) else ""
 
     def announce(server: LabelServer) -> None:
-        token = store.add_labeler("local", replace=True) if server.require_token else None
-        _say(f"labeling page: {server.url(token)}")
+        _say(f"labeling page: {server.local_url()}")
         if server.require_token:
             _say(f"labeler tokens required; more labelers: zoo label add-labeler {run_dir} NAME")
         _say("press Ctrl-C to stop")

@@ -332,9 +332,8 @@ def start_label_server(settings: PreferenceSettings, run_dir: Path, console: Con
     except BaseException:
         store.close()
         raise
-    token = store.add_labeler("local", replace=True) if server.require_token else None
     more = f"more labelers: zoo label add-labeler {run_dir} NAME"
-    console.print(f"label clips at {server.url(token)}  ({more})", soft_wrap=True, highlight=False)
+    console.print(f"label clips at {server.local_url()}  ({more})", soft_wrap=True, highlight=False)
 
     def stop() -> None:
         server.stop()
