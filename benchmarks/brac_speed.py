@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dataset-size", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=OUT, help="write the results as JSON here")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     env = hopper_env()
@@ -141,8 +142,8 @@ def main() -> None:
         "set_dataset_seconds": load_times,
         "set_dataset_median_s": statistics.median(load_times),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"| measure ({args.device}, {args.threads} thread(s), batch 256) | median |")
     print("|---|---|")
     print(f"| BRAC-v KL, 2 Q (300x300), actor 200x200: gradient steps/s | {result['brac_median']:.0f} |")
