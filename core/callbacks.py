@@ -19,7 +19,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from core.checkpoint import CheckpointManager
-from core.evaluation import run_episodes
+from core.evaluation import run_episodes, run_seeded_episodes
 
 
 class RichProgressCallback(BaseCallback):
@@ -157,6 +157,11 @@ class EvalCallback(BaseCallback):
     :param best_dir: folder holding ``model.zip`` of the best evaluation so far
     :param history: JSONL file with one line per evaluation
     :param stop_at_return: stop training at the first evaluation whose mean return reaches this value
+    :param seeds: one seed per episode (the run's evaluation seeds): every evaluation then plays the
+        same start states, so evaluations differ only by the policy; ``None``: ``episodes`` episodes
+        following the env's own seeding
+    :param algorithm: the model's class path, written to ``best.json`` so ``zoo eval`` can tell a
+        checkpoint of another agent
     """
 
     def __init__(
@@ -167,8 +172,14 @@ class EvalCallback(BaseCallback):
         best_dir: Path,
         history: Path,
         stop_at_return: float | None = None,
+        seeds: list[int] | None = None,
+        algorithm: str | None = None,
     ) -> None:
         super().__init__()
+        if seeds is not None and len(seeds) != episodes:
+            raise ValueError(f"{len(seeds)} evaluation seeds for {episodes} episodes")
+        self.seeds = seeds
+        self.algorithm = algorithm
         self.stop_at_return = stop_at_return
         self.reached: tuple[int, float] | None = None  # (step, mean return) that met stop_at_return
         self.last: tuple[int, float] | None = None  # (step, mean return) of the latest evaluation
@@ -197,7 +208,10 @@ class EvalCallback(BaseCallback):
         return True
 
     def evaluate(self) -> float:
-        result = run_episodes(self.model, self.eval_env, self.episodes, deterministic=True)
+        if self.seeds is not None:
+            result = run_seeded_episodes(self.model, self.eval_env, self.seeds, deterministic=True)
+        else:
+            result = run_episodes(self.model, self.eval_env, self.episodes, deterministic=True)
         step = self.model.num_timesteps
         self.last = (step, result.mean)
         self.logger.record("eval/mean_return", result.mean)
@@ -223,7 +237,8 @@ class EvalCallback(BaseCallback):
             temporary = self.best_dir / "model.tmp.zip"
             self.model.save(temporary)
             temporary.replace(self.best_dir / "model.zip")
-            (self.best_dir / "best.json").write_text(json.dumps({"step": step, "mean_return": result.mean}))
+            best = {"step": step, "mean_return": result.mean, "algorithm": self.algorithm}
+            (self.best_dir / "best.json").write_text(json.dumps(best))
         return result.mean
 
 

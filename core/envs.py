@@ -68,13 +68,23 @@ class EnvFamily(ABC):
         raw scores). Observations are what the agent sees (Atari: stacked 84x84 frames)."""
 
     def make_vec_env(
-        self, env_id: str, *, options: EnvOptions, n_envs: int, seed: int, training: bool
+        self,
+        env_id: str,
+        *,
+        options: EnvOptions,
+        n_envs: int,
+        seed: int,
+        training: bool,
+        render_mode: str | None = None,
     ) -> VecEnv:
         """``n_envs`` environments seeded ``seed, seed+1, ...`` as an SB3 VecEnv whose
-        ``info["episode"]`` carries the true (unclipped, whole-game) episode return and length."""
+        ``info["episode"]`` carries the true (unclipped, whole-game) episode return and length.
+        ``render_mode="rgb_array"`` makes ``get_images()`` draw the sub-envs (evaluation videos)."""
 
         def factory(rank: int) -> Any:
-            return lambda: self.make_env(env_id, options=options, training=training, seed=seed + rank)
+            return lambda: self.make_env(
+                env_id, options=options, training=training, seed=seed + rank, render_mode=render_mode
+            )
 
         vec_env = DummyVecEnv([factory(rank) for rank in range(n_envs)])
         vec_env.seed(seed)

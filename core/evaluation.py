@@ -14,20 +14,39 @@ discounted weight of what truncation cut off, gamma**(T - t), is below ``tail_to
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
+
+EVAL_SEED_BASE = 10_000  # evaluation seeds start here, disjoint from training envs' seeds (run seed + rank)
+STORED_EVAL_SEEDS = 1000  # how many a run stores; an evaluation uses the first N
+
+# Per-step info keys that are not facts about the finished episode.
+_NOT_EPISODE_INFO = frozenset({"terminal_observation", "episode", "TimeLimit.truncated", "render_state"})
+
+
+def evaluation_seeds(count: int = STORED_EVAL_SEEDS, base: int = EVAL_SEED_BASE) -> list[int]:
+    """The evaluation seeds every run stores: episode ``i`` resets with seed ``base + i``.
+
+    The list is the same for every run, so runs of different agents and training seeds are evaluated
+    on the same start states (common random numbers make comparisons less noisy)."""
+    return [base + i for i in range(count)]
 
 
 @dataclass
 class EvaluationResult:
-    """Per-episode returns and lengths of an evaluation."""
+    """Per-episode returns and lengths of an evaluation; ``seeds`` and ``infos`` (the scalar
+    ``info`` entries at each episode's end) when the episodes were seeded one by one."""
 
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    infos: list[dict[str, float | int | bool | str]] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -90,6 +109,75 @@ def run_episodes(
             running_length[i] = 0
         observations = next_observations
     return result
+
+
+def run_seeded_episodes(
+    model: BaseAlgorithm,
+    env: VecEnv,
+    seeds: Sequence[int],
+    *,
+    deterministic: bool = True,
+    on_frame: Callable[[int, np.ndarray], None] | None = None,
+    record: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> EvaluationResult:
+    """One episode per seed on a single-env ``env``: episode ``i`` starts from ``reset(seed=seeds[i])``,
+    so the same seeds (and the same model) give the same episodes, whatever ran before.
+
+    Stochastic evaluation seeds torch's and numpy's generators with the episode's seed too, so
+    sampled actions repeat as well. ``on_frame(episode, frame)`` gets the rendered frame of every
+    state the policy acts in (``len`` frames per episode) for the first ``record`` episodes; the env
+    must have been made with ``render_mode="rgb_array"``.
+    """
+    if env.num_envs != 1:
+        raise ValueError(f"seeded evaluation steps one env, got a VecEnv of {env.num_envs}")
+    result = EvaluationResult()
+    for episode, seed in enumerate(seeds):
+        if not deterministic:
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+        env.seed(int(seed))
+        observations = env.reset()
+        recording = on_frame is not None and episode < record
+        total, length, done = 0.0, 0, False
+        info: dict = {}
+        while not done:
+            if recording:
+                assert on_frame is not None
+                on_frame(episode, _first_image(env))
+            actions, _ = model.predict(observations, deterministic=deterministic)  # type: ignore[arg-type]
+            observations, rewards, dones, infos = env.step(actions)
+            total += float(rewards[0])
+            length += 1
+            done, info = bool(dones[0]), infos[0]
+        result.returns.append(total)
+        result.lengths.append(length)
+        result.seeds.append(int(seed))
+        result.truncated.append(bool(info.get("TimeLimit.truncated", False)))
+        result.infos.append(_episode_info(info))
+        if progress is not None:
+            progress(episode + 1)
+    return result
+
+
+def _first_image(env: VecEnv) -> np.ndarray:
+    images = env.get_images()
+    if not images or images[0] is None:
+        raise RuntimeError("the evaluation env renders no frames (make it with render_mode='rgb_array')")
+    return np.asarray(images[0])
+
+
+def _episode_info(info: dict) -> dict[str, float | int | bool | str]:
+    """The scalar entries of an episode's last ``info`` (``is_success``, ``lives``, ...)."""
+    kept: dict[str, float | int | bool | str] = {}
+    for key, value in info.items():
+        if key in _NOT_EPISODE_INFO:
+            continue
+        if (isinstance(value, np.ndarray) and value.size == 1) or isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bool | int | float | str):
+            kept[key] = value
+    return kept
 
 
 def overestimation_gap(

@@ -375,12 +375,20 @@ class AtariFamily(EnvFamily):
         return seed_env(env, seed)
 
     def make_vec_env(
-        self, env_id: str, *, options: EnvOptions, n_envs: int, seed: int, training: bool
+        self,
+        env_id: str,
+        *,
+        options: EnvOptions,
+        n_envs: int,
+        seed: int,
+        training: bool,
+        render_mode: str | None = None,
     ) -> VecEnv:
         """``n_envs`` games seeded ``seed, seed+1, ...`` on the backend :func:`resolve_backend` picks;
-        observations ``(n_envs, frame_stack, screen_size, screen_size)`` uint8."""
+        observations ``(n_envs, frame_stack, screen_size, screen_size)`` uint8. The ``wrappers``
+        backend always renders RGB screens (``get_images()``); ``render_mode`` selects it."""
         atari = self.atari_options(options)
-        if resolve_backend(atari, n_envs) == "native":
+        if render_mode is None and resolve_backend(atari, n_envs) == "native":
             vec_env: VecEnv = NativeAtariVecEnv(_game_ids()[env_id], n_envs, atari, training=training)
             vec_env.seed(seed)
             return vec_env

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,51 +38,76 @@ def as_rgb(frame: np.ndarray) -> np.ndarray:
     return _even(frame)
 
 
+class Mp4Writer:
+    """An H.264 MP4 written frame by frame (nothing is held in memory); the file appears complete
+    or not at all: frames go to a temporary name, renamed by :meth:`close`.
+
+    :param path: the ``.mp4`` file to write (replaced if it exists)
+    :param fps: frames per second of playback
+    :raises UsageError: for a bad fps; :meth:`add` for frames of different sizes; :meth:`close` for
+        no frames
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float = 30.0) -> None:
+        if not fps > 0:
+            raise UsageError(f"fps must be > 0, got {fps}")
+        self.target = Path(path)
+        self.fps = fps
+        self.count = 0
+        self._partial = self.target.with_name(self.target.stem + ".partial.mp4")
+        self._writer: Any = None
+        self._size: tuple[int, int] | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        import imageio_ffmpeg
+
+        rgb = np.ascontiguousarray(as_rgb(frame))
+        size = (rgb.shape[1], rgb.shape[0])
+        if self._size is None:
+            self._size = size
+            self._writer = imageio_ffmpeg.write_frames(
+                str(self._partial), size, fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
+                macro_block_size=2, ffmpeg_log_level="error",
+                output_params=["-movflags", "+faststart", "-preset", "veryfast", "-crf", "23"],
+            )  # fmt: skip
+            self._writer.send(None)  # start the generator
+        elif size != self._size:
+            first = f"{self._size[0]}x{self._size[1]}"
+            raise UsageError(f"frame {self.count} is {size[0]}x{size[1]}, the first was {first}")
+        self._writer.send(rgb)
+        self.count += 1
+
+    def close(self) -> int:
+        """Finish the file and put it in place; returns the frame count."""
+        if self._writer is None:
+            raise UsageError(f"{self.target}: no frames to write")
+        self._writer.close()
+        self._writer = None
+        os.replace(self._partial, self.target)
+        return self.count
+
+    def abort(self) -> None:
+        """Drop a file being written (after an error): nothing appears at ``path``."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._partial.unlink(missing_ok=True)
+
+
 def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: float = 30.0) -> int:
     """Write ``frames`` (RGB ``[H, W, 3]`` uint8, or gray) as an H.264 MP4; returns the frame count.
 
-    The file appears complete or not at all: it is written to a temporary name and renamed.
+    The file appears complete or not at all (see :class:`Mp4Writer`).
 
-    :param frames: the frames, all of one size
-    :param path: the ``.mp4`` file to write (replaced if it exists)
-    :param fps: frames per second of playback
     :raises UsageError: for no frames, frames of different sizes, or a bad fps
     """
-    import imageio_ffmpeg
-
-    if not fps > 0:
-        raise UsageError(f"fps must be > 0, got {fps}")
-    target = Path(path)
-    partial = target.with_name(target.stem + ".partial.mp4")
-    writer = None
-    count, size = 0, None
+    writer = Mp4Writer(path, fps)
     try:
         for frame in frames:
-            rgb = np.ascontiguousarray(as_rgb(frame))
-            if size is None:
-                size = (rgb.shape[1], rgb.shape[0])
-                writer = imageio_ffmpeg.write_frames(
-                    str(partial), size, fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
-                    output_params=["-movflags", "+faststart", "-preset", "veryfast", "-crf", "23"],
-                    ffmpeg_log_level="error",
-                )  # fmt: skip
-                writer.send(None)  # start the generator
-            elif (rgb.shape[1], rgb.shape[0]) != size:
-                shape = f"{rgb.shape[1]}x{rgb.shape[0]}"
-                raise UsageError(f"frame {count} is {shape}, the first was {size[0]}x{size[1]}")
-            assert writer is not None
-            writer.send(rgb)
-            count += 1
-        if writer is None:
-            raise UsageError(f"{target}: no frames to write")
-        writer.close()
-        writer = None
-        os.replace(partial, target)
+            writer.add(frame)
+        return writer.close()
     finally:
-        if writer is not None:
-            writer.close()
-        partial.unlink(missing_ok=True)
-    return count
+        writer.abort()
 
 
 def count_frames(path: str | os.PathLike[str]) -> int:

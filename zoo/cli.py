@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import UsageError, ZooError
+from zoo.cli_analysis import register_analysis_commands
+from zoo.cli_bench import register_bench_commands
 from zoo.cli_data import register_data_commands
 from zoo.cli_label import label_app
 from zoo.cli_reward import register_reward_commands
@@ -40,6 +42,8 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 register_data_commands(app, console)
 register_reward_commands(app, console)
+register_analysis_commands(app, console)
+register_bench_commands(app, console)
 app.add_typer(label_app, name="label")
 
 
@@ -94,6 +98,13 @@ def train(
     env: Annotated[str | None, typer.Option("--env", help="Env id, e.g. CartPole-v1 or ALE/Pong-v5.")] = None,
     steps: Annotated[int | None, typer.Option(help="Total env steps (overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Several seeds, e.g. 0,1,2: one run per seed, one after the other, in one group folder "
+            "(--run-dir, default runs/<agent>/<env>/<time>-seeds-0-1-2/) holding s0/, s1/, ..."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto (GPU when present), cpu or cuda.")] = None,
     config: Annotated[
         Path | None,
@@ -168,6 +179,14 @@ def train(
     from zoo import config as cfg
     from zoo import runner, runs
 
+    if seeds is not None:
+        if seed is not None or resume is not None:
+            raise UsageError("--seeds starts one new run per seed; it takes neither --seed nor --resume")
+        arguments = dict(locals())
+        for name in ("seeds", "seed", "cfg", "runner", "runs"):
+            del arguments[name]
+        _train_seeds(_parse_seeds(seeds), arguments)
+        return
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
     overrides = list(set_ or [])
@@ -291,6 +310,68 @@ def train(
     console.print(f"run folder: {target}\nevaluate with: zoo eval {target}")
 
 
+def _parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: distinct non-negative integers."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not values or any(value < 0 for value in values) or len(set(values)) != len(values):
+        raise UsageError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return values
+
+
+def _train_seeds(seeds: list[int], arguments: dict[str, Any]) -> None:
+    """``zoo train --seeds``: the same command once per seed, into ``GROUP/s<seed>/``."""
+    import datetime as dt
+    import json
+    import shutil
+
+    from zoo import config as cfg
+    from zoo import runs
+
+    group = arguments.pop("run_dir")
+    if group is None:
+        agent, env = arguments["agent"], arguments["env"]
+        if (agent is None or env is None) and arguments["config"] is not None:
+            data = cfg.load_yaml(arguments["config"])
+            if cfg.is_run_config(data):
+                reproduced = cfg.load_run_config(arguments["config"])
+                agent = agent or reproduced.agent
+                env = env or reproduced.env
+        if agent is None or env is None:
+            raise UsageError("zoo train --seeds needs an AGENT and --env ENV_ID (or --run-dir GROUP_FOLDER)")
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = "pref-" + (arguments["policy"] or "ppo") if agent == "pref" else agent
+        group = runs.RUNS_ROOT / name / runs.env_slug(env) / f"{stamp}-seeds-{'-'.join(map(str, seeds))}"
+    if group.exists() and (not group.is_dir() or any(group.iterdir())):
+        raise UsageError(f"{group}: already exists and is not empty; a seed group needs a new folder")
+    created = runs.first_missing_folder(group.absolute())
+    group.mkdir(parents=True, exist_ok=True)
+    members = [group / f"s{seed}" for seed in seeds]
+    record = {"seeds": seeds, "runs": [m.name for m in members], "command": "zoo " + shlex.join(sys.argv[1:])}
+    (group / "group.json").write_text(json.dumps(record, indent=2) + "\n")
+    for index, (seed, member) in enumerate(zip(seeds, members, strict=True)):
+        if not arguments["quiet"]:
+            console.rule(f"seed {seed} ({index + 1}/{len(seeds)})")
+        try:
+            train(**arguments, seed=seed, run_dir=member)
+        except UsageError:
+            if index == 0:  # refused before anything ran (bad input): leave no empty group behind
+                (group / "group.json").unlink(missing_ok=True)
+                if created is not None and not any(group.iterdir()):
+                    shutil.rmtree(created, ignore_errors=True)
+            raise
+        if runs.read_status(member).get("status") == "interrupted":
+            rest = ",".join(map(str, seeds[index + 1 :]))
+            console.print(
+                f"stopped at seed {seed}; resume it with `zoo train --resume {member}`"
+                + (f", then the other seeds with --seeds {rest} --run-dir NEW_FOLDER" if rest else "")
+            )
+            return
+    console.print(f"seed group: {group} ({len(seeds)} runs); compare or plot with: zoo plot {group}")
+
+
 def _preference_policy(name: str) -> str:
     """The agent of a preference run: any registered agent that learns online."""
     from core.agents import AGENTS
@@ -349,13 +430,27 @@ def _uses_dataset(agent: str, dataset: str | None) -> bool:
 
 @app.command("eval")
 def eval_command(
-    run: Annotated[Path, typer.Argument(help="A run folder made by `zoo train`.")],
-    episodes: Annotated[int, typer.Option(min=1, help="Evaluation episodes.")] = 10,
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="A run folder made by `zoo train`, a checkpoint inside one (checkpoints/step-N, best/), "
+            "or a folder of runs (`zoo train --seeds`: each is evaluated).",
+            show_default=False,
+        ),
+    ],
+    episodes: Annotated[int, typer.Option(min=1, help="Evaluation episodes (one per evaluation seed).")] = 10,
     deterministic: Annotated[
         bool, typer.Option("--deterministic/--stochastic", help="Greedy or sampled actions.")
     ] = True,
+    checkpoint: Annotated[
+        str, typer.Option(help="Which checkpoint: last, best (best periodic evaluation) or a step.")
+    ] = "last",
+    video: Annotated[
+        int, typer.Option("--video", min=0, help="Write MP4s of the first N episodes to RUN/videos/.")
+    ] = 0,
     seed: Annotated[
-        int | None, typer.Option(help="Seed of the evaluation env (default: the run's eval seed).")
+        int | None,
+        typer.Option(help="Evaluate on seeds S, S+1, ... instead of the run's stored evaluation seeds."),
     ] = None,
     gap_episodes: Annotated[
         int, typer.Option(min=0, help="Episodes for the Q overestimation gap (value-based agents).")
@@ -369,35 +464,51 @@ def eval_command(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
-    """Evaluate RUN's newest checkpoint; writes RUN/eval.json and prints mean ± std."""
-    from zoo import runner, runs
+    """Evaluate a run's checkpoint on the run's evaluation seeds; writes RUN/eval.json (summary) and
+    RUN/eval-episodes.jsonl (one line per episode) and prints mean ± std."""
+    from zoo import evaluate
 
-    run_config = runs.open_run(run)
-    report = runner.evaluate_run(
-        run,
-        run_config,
-        episodes=episodes,
-        deterministic=deterministic,
-        seed=seed,
-        gap_episodes=min(gap_episodes, episodes),
-        console=console,
-        quiet=quiet,
-        test_policy=test_policy,
-    )
-    mode = "greedy" if deterministic else "stochastic"
-    rule = f", {report['test_policy']} test policy" if deterministic and "test_policy" in report else ""
-    what = "return" if run_config.preference is None else "true return (learned from preferences)"
-    console.print(
-        f"{run_config.agent} on {run_config.env} at step {report['step']}: "
-        f"{what} {report['mean_return']:.2f} ± {report['std_return']:.2f} ({episodes} {mode} episodes{rule})"
-    )
-    gap = report.get("overestimation")
-    if gap and gap["states"]:
-        console.print(
-            f"overestimation gap: {gap['mean_gap']:+.3f} (mean Q {gap['mean_predicted_q']:.3f} vs "
-            f"discounted return {gap['mean_discounted_return']:.3f}, {gap['states']} states)"
+    for run in _eval_targets(target):
+        run_dir, report = evaluate.evaluate_run(
+            run,
+            episodes=episodes,
+            deterministic=deterministic,
+            checkpoint=checkpoint,
+            seed=seed,
+            videos=video,
+            gap_episodes=min(gap_episodes, episodes),
+            test_policy=test_policy,
+            console=None if quiet else console,
         )
-    console.print(f"wrote {run / 'eval.json'}")
+        mode = "greedy" if deterministic else "stochastic"
+        rule = f", {report['test_policy']} test policy" if deterministic and "test_policy" in report else ""
+        reward = "return" if report["reward"] == "true" else "true return (learned from preferences)"
+        console.print(
+            f"{report['agent']} on {report['env']} at step {report['step']} "
+            f"({report['checkpoint']} checkpoint): {reward} "
+            f"{report['mean_return']:.2f} ± {report['std_return']:.2f} "
+            f"({episodes} {mode} episodes{rule})",
+            soft_wrap=True,
+        )
+        gap = report.get("overestimation")
+        if gap and gap["states"]:
+            console.print(
+                f"overestimation gap: {gap['mean_gap']:+.3f} (mean Q {gap['mean_predicted_q']:.3f} vs "
+                f"discounted return {gap['mean_discounted_return']:.3f}, {gap['states']} states)"
+            )
+        for video_file in report["videos"]:
+            console.print(f"wrote {run_dir / video_file}")
+        console.print(f"wrote {run_dir / 'eval.json'} and {run_dir / 'eval-episodes.jsonl'}", soft_wrap=True)
+
+
+def _eval_targets(target: Path) -> list[Path]:
+    """``target`` itself, or the run folders directly inside it when it is a folder of runs."""
+    if target.is_dir() and not (target / "config.yaml").exists():
+        runs = sorted(child for child in target.iterdir() if (child / "config.yaml").is_file())
+        inside_run = any((parent / "config.yaml").is_file() for parent in target.absolute().parents)
+        if runs and not inside_run:
+            return runs
+    return [target]
 
 
 @config_app.command("show")

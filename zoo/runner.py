@@ -3,11 +3,8 @@ callbacks into a run folder, resumes from checkpoints, and evaluates runs."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import inspect
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +25,13 @@ from core.checkpoint import CheckpointManager
 from core.datasets import TransitionDataset
 from core.envs import EnvFamily, family_for
 from core.errors import UsageError, ZooError, check_choice
-from core.evaluation import overestimation_gap, run_episodes
 from core.logging import configure_run_logger
 from core.noise import SizedActionNoise
 from core.replay import EpisodicReplayBuffer
 from core.training_state import load_training_state, save_training_state
 from rewards.settings import PreferenceSettings
 from zoo.config import RunConfig, materialize_hyperparameters
-from zoo.runs import read_status, write_json_atomic, write_status
+from zoo.runs import eval_seeds, read_status, write_status
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs use seeds disjoint from the training envs'
 
@@ -130,6 +126,11 @@ def with_episodic_replay(
     return updated
 
 
+def algorithm_name(algorithm: type) -> str:
+    """The class path a checkpoint records for its model (``state.json``'s ``algorithm``)."""
+    return f"{algorithm.__module__}.{algorithm.__qualname__}"
+
+
 def checkpoint_manager(run_dir: Path, config: RunConfig) -> CheckpointManager:
     return CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_checkpoints)
 
@@ -193,6 +194,7 @@ def train(
     n_envs = 1 if offline else config.n_envs
     env = make_env(setup, config, n_envs=n_envs, seed=config.seed, training=not offline)
     eval_env = make_env(setup, config, n_envs=1, seed=config.seed + EVAL_SEED_OFFSET, training=False)
+    seeds = eval_seeds(run_dir)
     stop = StopOnSignal()
     preference = None
     if config.preference is not None:
@@ -252,6 +254,8 @@ def train(
         run_dir / "best",
         run_dir / "evaluations.jsonl",
         stop_at_return=config.stop_at_return,
+        seeds=seeds[: config.eval_episodes] if len(seeds) >= config.eval_episodes else None,
+        algorithm=algorithm_name(setup.spec.algorithm),
     )
     callbacks: list[Any] = [stop, checkpoints, evaluation]
     if preference is not None:
@@ -388,81 +392,3 @@ def set_test_policy(model: BaseAlgorithm, agent: str, test_policy: str) -> None:
     if test_policy == "max_q" and getattr(policy, "critic", None) is None:
         raise UsageError(f"--test-policy max_q: {agent} has no Q-network to pick actions with")
     policy.test_policy = test_policy
-
-
-def evaluate_run(
-    run_dir: Path,
-    config: RunConfig,
-    *,
-    episodes: int,
-    deterministic: bool,
-    seed: int | None,
-    gap_episodes: int,
-    console: Console,
-    quiet: bool,
-    test_policy: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate a run's newest checkpoint; writes ``eval.json`` and appends to ``eval-history.jsonl``.
-
-    :param test_policy: for agents with test policies (offline actor-critics): ``deterministic`` or
-        ``max_q`` replaces the run's own choice for this evaluation
-    """
-    setup = prepare(config)
-    eval_seed = config.seed + EVAL_SEED_OFFSET if seed is None else seed
-    env = make_env(setup, config, n_envs=1, seed=eval_seed, training=False)
-    model, step = load_for_eval(setup, run_dir, config, env)
-    if test_policy is not None:
-        set_test_policy(model, config.agent, test_policy)
-    with (
-        console.status(f"evaluating {episodes} episodes", spinner="dots")
-        if not quiet
-        else contextlib.nullcontext()
-    ):
-        result = run_episodes(model, env, episodes, deterministic=deterministic)
-    report: dict[str, Any] = {
-        "agent": config.agent,
-        "env": config.env,
-        "step": step,
-        "episodes": episodes,
-        "deterministic": deterministic,
-        **({"test_policy": model.policy.test_policy} if hasattr(model.policy, "test_policy") else {}),
-        "seed": eval_seed,
-        # A preference run learned from its learned reward; its evaluations use the env's true one.
-        "reward": "true" if config.preference is None else "true (the run learned from preferences)",
-        "mean_return": result.mean,
-        "std_return": result.std,
-        "returns": result.returns,
-        "lengths": result.lengths,
-        "time": dt.datetime.now().isoformat(timespec="seconds"),
-    }
-    q_values = q_value_function(model)
-    if setup.spec.value_based and q_values is not None and gap_episodes > 0:
-        gap_env = make_env(setup, config, n_envs=1, seed=eval_seed, training=True)
-        gap = overestimation_gap(model, q_values, gap_env, gap_episodes, gamma=float(model.gamma))  # type: ignore[attr-defined]
-        gap_env.close()
-        report["overestimation"] = {
-            "mean_gap": gap.mean_gap,
-            "mean_predicted_q": gap.mean_predicted,
-            "mean_discounted_return": gap.mean_observed,
-            "states": gap.states,
-            "episodes": gap.episodes,
-            "note": "Q(s_t,a_t) minus observed discounted return G_t, greedy policy, training-mode env",
-        }
-    env.close()
-    write_json_atomic(run_dir / "eval.json", _finite(report))
-    with open(run_dir / "eval-history.jsonl", "a") as handle:
-        handle.write(json.dumps(_finite(report)) + "\n")
-    return report
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: replace non-finite floats with None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value

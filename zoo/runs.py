@@ -3,7 +3,10 @@
 A run folder holds ``config.yaml`` (the fully resolved config: ``zoo train --config`` reproduces the
 run), ``command.txt``, ``versions.json``, ``run.json`` (status and step), ``progress.csv``, ``tb/``
 (TensorBoard), ``checkpoints/`` (atomic, keep-last-k), ``best/`` (best periodic evaluation),
-``evaluations.jsonl`` (evaluations during training) and ``eval.json`` (the last ``zoo eval``).
+``evaluations.jsonl`` (evaluations during training), ``eval_seeds.json`` (the evaluation seeds: episode
+``i`` of every evaluation resets with ``seeds[i]``), ``eval.json`` and ``eval-episodes.jsonl`` (the
+last ``zoo eval``: summary, one line per episode), ``eval-history.jsonl`` (every ``zoo eval``'s summary)
+and ``videos/`` (``zoo eval --video``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UsageError
+from core.evaluation import evaluation_seeds
 from zoo.config import RunConfig, dump_config, load_run_config
 
 RUNS_ROOT = Path("runs")
+EVAL_SEEDS_FILE = "eval_seeds.json"
 VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "ale-py", "mujoco", "numpy", "rl-zoo-agents")
 
 
@@ -54,7 +59,23 @@ def create_run_dir(run_dir: Path, config: RunConfig, command: str) -> None:
     (run_dir / "config.yaml").write_text(dump_config(config))
     (run_dir / "command.txt").write_text(command + "\n")
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=2) + "\n")
+    write_json_atomic(run_dir / EVAL_SEEDS_FILE, {"seeds": evaluation_seeds()})
     write_status(run_dir, status="created", step=0)
+
+
+def eval_seeds(run_dir: Path) -> list[int]:
+    """The run's evaluation seeds (``eval_seeds.json``); runs made before the file existed get the
+    list it would hold (the same for every run)."""
+    path = run_dir / EVAL_SEEDS_FILE
+    if not path.exists():
+        return evaluation_seeds()
+    try:
+        seeds = json.loads(path.read_text())["seeds"]
+        if not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds):
+            raise TypeError("not a list of integers")
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{path}: malformed evaluation seeds ({error})") from None
+    return seeds
 
 
 def first_missing_folder(path: Path) -> Path | None:
