@@ -2,7 +2,8 @@
 
 Every learner trains with zoo.yaml's CartPole configuration (``agents.scdqn.classic``) for
 ``--steps`` env steps on each seed, and is evaluated greedily every ``--eval-every`` steps on
-``--eval-episodes`` episodes of a separate evaluation env (seed + 10,000, as ``zoo train`` does).
+``--eval-episodes`` episodes of a separate evaluation env (seeded once with seed + 10,000; ``zoo train``
+now resets every evaluation episode with one of the run's stored evaluation seeds instead).
 SB3's DQN gets the same hyperparameters; its ``target_update_interval`` counts env steps, so it gets
 10 env steps (rl-baselines3-zoo's CartPole value, one copy per rollout), where ours counts 128
 gradient updates (also one copy per rollout). Replay: ours uses ``EpisodicReplayBuffer`` (what
