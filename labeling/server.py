@@ -8,13 +8,16 @@ the process's logging configuration alone; this module logs to the ``labeling.se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from urllib.parse import quote
 
 import uvicorn
@@ -196,6 +199,29 @@ class LabelServer:
         self.stop()
 
 
+@contextlib.contextmanager
+def _interrupt_on_stop_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt in the main thread while the block runs.
+
+    Set explicitly rather than relying on Python's default: a process started in the background by a
+    non-interactive shell inherits an *ignored* SIGINT (and Python then installs no handler), and
+    ``kill``/``docker stop``/systemd send SIGTERM. ``zoo train`` stops cleanly on both as well.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve_forever(
     run_dir: str | os.PathLike[str],
     store: LabelStore,
@@ -208,7 +234,7 @@ def serve_forever(
     title: str = "",
     ready: Callable[[LabelServer], None] | None = None,
 ) -> None:
-    """Serve the labeling app until Ctrl-C (which returns normally, after a clean shutdown).
+    """Serve the labeling app until Ctrl-C or SIGTERM (either returns normally, after a clean shutdown).
 
     The parameters up to ``title`` are :class:`LabelServer`'s.
 
@@ -225,12 +251,13 @@ def serve_forever(
         lease_seconds=lease_seconds,
         title=title,
     )
-    server.start()
-    try:
-        if ready is not None:
-            ready(server)
-        server.wait()
-    except KeyboardInterrupt:
-        logger.info("interrupted: stopping the label server")
-    finally:
-        server.stop()
+    with _interrupt_on_stop_signals():
+        server.start()
+        try:
+            if ready is not None:
+                ready(server)
+            server.wait()
+        except KeyboardInterrupt:
+            logger.info("interrupted: stopping the label server")
+        finally:
+            server.stop()

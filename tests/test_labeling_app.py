@@ -576,18 +576,31 @@ def test_serve_refuses_a_busy_port(
     assert code == 2 and "Address already in use" in err and len(err.strip().splitlines()) == 1
 
 
+def ignore_sigint() -> None:
+    """In the child before exec: SIGINT ignored, as in ``zoo label serve ... &`` from a script."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def serve_in_subprocess(run_dir: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
     """``zoo label serve RUN --port 0 OPTIONS`` in a subprocess and the first line it printed."""
     command = [sys.executable, "-m", "zoo.cli", "label", "serve", str(run_dir), "--port", "0", *options]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=ignore_sigint,
     )
     assert proc.stdout is not None
     return proc, proc.stdout.readline()
 
 
-def test_serve_prints_the_url_serves_and_stops_on_ctrl_c(run_dir: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_prints_the_url_serves_and_stops_on_ctrl_c_or_sigterm(run_dir: Path, signum: int) -> None:
+    """Also when started with SIGINT ignored, as a background job of a non-interactive shell is."""
     make_run(run_dir, {"labels": 10, "instructions": "Pick the **faster** one."})
     proc, line = serve_in_subprocess(run_dir, "--host", "0.0.0.0")
     with proc:
@@ -603,7 +616,7 @@ def test_serve_prints_the_url_serves_and_stops_on_ctrl_c(run_dir: Path) -> None:
                 and "<strong>faster</strong>" in page.text
                 and "Hopper-v5" in page.text
             )
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             out, err = proc.communicate(timeout=30)
         finally:
             proc.kill()

@@ -107,7 +107,7 @@ def serve_command(
         float, typer.Option(min=1.0, help="How long a query shown to one labeler is kept from the others.")
     ] = 600.0,
 ) -> None:
-    """Serve RUN's labeling page until Ctrl-C; prints the URL to open."""
+    """Serve RUN's labeling page until Ctrl-C (or SIGTERM); prints the URL to open."""
     from labeling.server import LabelServer, serve_forever
 
     block = read_preference_block(run_dir)
