@@ -34,6 +34,8 @@ from core.errors import UsageError, check_choice
 from rewards.store import CHOICES, choice_target
 
 RANDOM_ANSWER_RATE = 0.1
+# Epochs between the loss evaluations that adapt the L2 weight (and after a fit's last epoch).
+ADAPT_EVERY_EPOCHS = 5
 RewardFn = Callable[[th.Tensor, th.Tensor], th.Tensor]  # (obs [B, ...], actions [B, ...]) -> [B]
 
 
@@ -222,19 +224,26 @@ def fit_preferences(
     decay_rule: tuple[float, tuple[float, float]] = (1.1, (1e-6, 1.0)),
     random_answer_rate: float = RANDOM_ANSWER_RATE,
     generator: th.Generator | None = None,
+    adapt_every: int = ADAPT_EVERY_EPOCHS,
 ) -> tuple[float, float, float, float]:
     """Minimize the preference loss plus ``weight_decay * sum ||W||^2`` on ``data[train_index]`` for
-    ``epochs``, adapting ``weight_decay`` after each epoch (paper Sec. 2.2.3). Indices, not copies, so
-    a large image dataset is never duplicated; batches move to ``net``'s device one at a time.
+    ``epochs``, adapting ``weight_decay`` every ``adapt_every`` epochs and after the last (paper Sec.
+    2.2.3). Indices, not copies, so a large image dataset is never duplicated; batches move to
+    ``net``'s device one at a time.
 
     :param decay_rule: ``(factor, (low, high))`` of :func:`adapt_weight_decay`
     :param generator: CPU generator for the batch order (default: torch's global RNG)
+    :param adapt_every: epochs between the evaluations of both losses that drive the adaptation
+        (each evaluates the whole training and validation sets: a third of a fit's time when done
+        after every epoch, while a run refits a few epochs hundreds of times)
     :return: train loss, validation loss, validation accuracy (after the last epoch, eval mode) and
         the adapted weight decay
     """
+    if adapt_every < 1:
+        raise UsageError(f"adapt_every must be >= 1; got {adapt_every}")
     device = next(net.parameters()).device
     val_loss = val_accuracy = train_loss = math.nan
-    for _ in range(epochs):
+    for epoch in range(epochs):
         net.train()
         for order in th.randperm(len(train_index), generator=generator).split(batch_size):
             batch = data.select(train_index[order]).to(device)
@@ -244,6 +253,8 @@ def fit_preferences(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        if (epoch + 1) % adapt_every and epoch + 1 < epochs:
+            continue
         # Both losses in eval mode (no dropout), so that their ratio measures overfitting only.
         train_loss, _ = evaluate_preferences(net, data, train_index, batch_size, random_answer_rate)
         val_loss, val_accuracy = evaluate_preferences(

@@ -13,6 +13,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 
+import rewards.preferences as preferences_module
 from core.errors import UsageError
 from rewards.clips import (
     Clip,
@@ -369,6 +370,31 @@ def test_adaptive_l2_raises_weight_decay_when_validation_loss_is_far_above_train
         assert val_loss > 1.5 * train_loss
         assert decay > 1e-5
     assert ensemble.weight_decay.tolist() == pytest.approx(list(report.weight_decay))
+
+
+def test_l2_adapts_every_few_epochs_and_after_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each adaptation evaluates both sets (two calls): after epochs 3, 6 and the 7th, the last."""
+    calls: list[int] = []
+    evaluate = preferences_module.evaluate_preferences
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        calls.append(1)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(preferences_module, "evaluate_preferences", counting)
+    data = linear_comparisons(40, seed=3)
+    net = small_ensemble().nets[0]
+    train, val = preferences_module.bootstrap_split(data.size, th.Generator().manual_seed(0))
+    optimizer = th.optim.Adam(net.parameters(), lr=1e-3)
+    result = preferences_module.fit_preferences(
+        net, optimizer, data, train, val, epochs=7, batch_size=16, weight_decay=1e-3, adapt_every=3
+    )
+    assert len(calls) == 6
+    assert all(math.isfinite(value) for value in result)
+    with pytest.raises(UsageError, match="adapt_every"):
+        preferences_module.fit_preferences(
+            net, optimizer, data, train, val, epochs=1, batch_size=16, weight_decay=1e-3, adapt_every=0
+        )
 
 
 def test_save_load_round_trip_gives_identical_predictions() -> None:
