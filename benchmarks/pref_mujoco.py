@@ -101,6 +101,11 @@ def main() -> None:
         "--pref-set", action="append", default=[], metavar="KEY=VALUE",
         help="a preference setting for the pref runs, e.g. clip_length=100 (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--agent-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a PPO hyperparameter for EVERY learner (true reward and pref alike, so the comparison "
+        "stays fair), e.g. ent_coef=0.01 (repeatable)",
+    )  # fmt: skip
     options = parser.parse_args()
     work: Path = options.work
     work.mkdir(parents=True, exist_ok=True)
@@ -123,6 +128,8 @@ def main() -> None:
         header = {"steps": steps, "env_options": env_options, "labels": options.labels}
         if options.pref_set:
             header["preference_settings"] = sorted(options.pref_set)
+        if options.agent_set:
+            header["agent_settings"] = sorted(options.agent_set)
         for name, (seeds, command) in learners.items():
             if name.removesuffix(f"_{options.teacher}") not in options.learners:
                 continue
@@ -130,6 +137,8 @@ def main() -> None:
             for seed in seeds:
                 run = work / slug / f"{name}-s{seed}"
                 args = [*command, "--env", env_id, "--steps", str(steps), "--seed", str(seed)]
+                for assignment in options.agent_set:
+                    args += ["--set", assignment]
                 if name != "ppo_true_reward":
                     args += ["--labels", str(options.labels)]
                     for assignment in options.pref_set:
@@ -159,7 +168,8 @@ def report(results: dict[str, Any]) -> None:
         ppo_mean = statistics.fmean(r["return"] for r in ppo) if ppo else float("nan")
         print(f"\n### {env_id}: {env_results['steps']} env steps, {env_results['labels']} labels")
         print(f"env options: {env_results['env_options']}")
-        print(f"preference settings: {env_results.get('preference_settings', 'zoo.yaml defaults')}\n")
+        print(f"preference settings: {env_results.get('preference_settings', 'zoo.yaml defaults')}")
+        print(f"PPO settings (every learner): {env_results.get('agent_settings', 'zoo.yaml defaults')}\n")
         print("| learner | true greedy return (mean ± std) | per seed | vs PPO | wall time (median) |")
         print("|---|---|---|---|---|")
         for name, runs in env_results.items():
