@@ -328,17 +328,14 @@ class RewardEnsemble(nn.Module):
         """The members' layers side by side as NumPy: the first layer's weights concatenated
         ``[in, M*h]``, the next ones block-diagonal ``[M*h, M*h']``, the last a vector ``[M*h]`` that
         absorbs both standardizations of :meth:`predict`, and its constant."""
+        from scipy.linalg import block_diag  # once per fit; keeps scipy off the import path
+
         layers = [(w.cpu().numpy(), b.cpu().numpy()) for w, b in self._stack_layers()]
         (first_weight, first_bias), *middle, (weight, bias) = layers
         folded: list[tuple[np.ndarray, Any]] = [
             (np.concatenate(list(first_weight), axis=1), first_bias[:, 0, :].reshape(-1))
         ]
-        for w, b in middle:
-            members, rows, cols = w.shape
-            block = np.zeros((members * rows, members * cols), dtype=w.dtype)
-            for m in range(members):
-                block[m * rows : (m + 1) * rows, m * cols : (m + 1) * cols] = w[m]
-            folded.append((block, b[:, 0, :].reshape(-1)))
+        folded += [(block_diag(*w), b[:, 0, :].reshape(-1)) for w, b in middle]
         # predict = sum_m (raw_m - mu_m) * c_m - out_mean * t / out_std, c_m = t / (M sd_m out_std)
         target = self.target_std / float(self.output_std)
         scale = (target / (self.n_members * self.member_std)).cpu().numpy()  # [M]
