@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument(
         "--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS,
-        help="run only these (parallel invocations can split the work; results are merged per learner)",
+        help="run only these (parallel invocations can split the work by learner or seed; results are merged "
+        "per learner and seed)",
     )  # fmt: skip
     parser.add_argument(
         "--pref-set", action="append", default=[], metavar="KEY=VALUE",
@@ -154,7 +155,10 @@ def main() -> None:
             merged = dict(results.get(env_id, {}))
             if any(merged.get(key) != value for key, value in header.items()):
                 merged = dict(header)  # measured under other settings: not comparable, start over
-            merged[name] = runs
+            # per seed: runs of seeds this invocation did not run (a parallel one may have) are kept
+            ran = {record["seed"] for record in runs}
+            kept = [record for record in merged.get(name, []) if record["seed"] not in ran]
+            merged[name] = sorted(kept + runs, key=lambda record: record["seed"])
             results[env_id] = merged
             partial = saved.with_suffix(".json.partial")
             partial.write_text(json.dumps(results, indent=2) + "\n")
