@@ -4,8 +4,11 @@ ensemble of bootstrapped, independently normalized members whose average is norm
 
 Differences from the paper:
 - Validation: each member holds out its own random ``round(N / e)`` comparisons and trains on a
-  bootstrap resample (with replacement, same size) of the rest, so its validation set never overlaps
-  its training set; the paper only says 1/e of the data is held out for each predictor.
+  bootstrap resample of the rest (Poisson(1) multiplicities), so its validation set never overlaps
+  its training set; the paper only says 1/e of the data is held out for each predictor. The split
+  persists from fit to fit and grows with the comparisons (:func:`rewards.preferences.grow_split`):
+  the members keep their weights between fits, so a split drawn afresh each time would, over a run,
+  train every member on every comparison (no honest validation loss, no diversity).
 - L2 and its adaptive rule: see :mod:`rewards.preferences`.
 - Normalization statistics are per fit, on up to ``normalization_steps`` clip steps of comparisons
   spread over all those fitted (the whole labeled history: statistics of the newest clips alone
@@ -29,7 +32,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError
-from rewards.preferences import RANDOM_ANSWER_RATE, Comparisons, bootstrap_split, fit_preferences
+from rewards.preferences import (
+    RANDOM_ANSWER_RATE,
+    Comparisons,
+    fit_preferences,
+    grow_split,
+    split_indices,
+)
 
 LEAKY_SLOPE = 0.01  # paper, Appendix A: leaky ReLU with alpha = 0.01
 # predict_numpy's block-diagonal path up to this many rows (per-step rewards of a few envs).
@@ -211,6 +220,8 @@ class RewardEnsemble(nn.Module):
         self.register_buffer("weight_decay", th.full((members,), float(weight_decay)))
         self._stacked: list[tuple[th.Tensor, th.Tensor]] | None = None  # see :meth:`predict_fast`
         self._folded: list[tuple[np.ndarray, Any]] | None = None  # see :meth:`predict_numpy`
+        # Each member's persistent split of the comparisons fitted so far: (held out, multiplicities).
+        self._splits = [(th.zeros(0, dtype=th.bool), th.zeros(0, dtype=th.long)) for _ in range(members)]
         self.eval()  # predictions run in eval mode; :meth:`fit` switches to training and back
 
     @property
@@ -355,9 +366,31 @@ class RewardEnsemble(nn.Module):
             stacked.append((weight, bias))
         return stacked
 
+    def get_extra_state(self) -> dict[str, list[th.Tensor]]:
+        """The members' splits, saved with :meth:`state_dict` (a resumed run keeps holding out the
+        same comparisons)."""
+        return {
+            "held_out": [held for held, _ in self._splits],
+            "counts": [counts for _, counts in self._splits],
+        }
+
+    def set_extra_state(self, state: dict[str, list[th.Tensor]]) -> None:
+        held, counts = state["held_out"], state["counts"]
+        if len(held) != self.n_members or len(counts) != self.n_members:
+            raise UsageError(f"saved splits are for {len(held)} members; this ensemble has {self.n_members}")
+        self._splits = [(h.bool().cpu(), c.long().cpu()) for h, c in zip(held, counts, strict=True)]
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         self._stacked = self._folded = None
+        if "_extra_state" not in state_dict:  # saved before splits persisted: they start afresh
+            state_dict = {**state_dict, "_extra_state": self._fresh_splits()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _fresh_splits(self) -> dict[str, list[th.Tensor]]:
+        return {
+            "held_out": [th.zeros(0, dtype=th.bool) for _ in range(self.n_members)],
+            "counts": [th.zeros(0, dtype=th.long) for _ in range(self.n_members)],
+        }
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         self._stacked = self._folded = None  # .to(), .cuda(), .double(): the copies are stale
@@ -372,7 +405,9 @@ class RewardEnsemble(nn.Module):
     ) -> FitReport:
         """Fit every member to its bootstrap resample, then recompute the normalization statistics.
 
-        :param comparisons: all labeled comparisons so far, oldest first
+        :param comparisons: all labeled comparisons so far, oldest first: each member's split of the
+            comparisons fitted before is kept, the new ones at the end are split (fewer comparisons
+            than last time: a new dataset, split afresh)
         :param epochs: passes over each member's training set
         :param batch_size: comparisons per gradient step
         :param generator: CPU generator for splits, resamples and batch order (default: torch's global
@@ -382,9 +417,12 @@ class RewardEnsemble(nn.Module):
             raise UsageError("fitting the reward model needs at least one comparison")
         if epochs < 1 or batch_size < 1:
             raise UsageError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
+        if any(len(held) > comparisons.size for held, _ in self._splits):
+            self.set_extra_state(self._fresh_splits())
+        self._splits = [grow_split(*split, comparisons.size, generator) for split in self._splits]
         was_training, results = self.training, []
         for i, (net, optimizer) in enumerate(zip(self.nets, self.optimizers, strict=True)):
-            train_index, val_index = bootstrap_split(comparisons.size, generator)
+            train_index, val_index = split_indices(*self._splits[i])
             result = fit_preferences(
                 net,
                 optimizer,

@@ -160,14 +160,45 @@ def preference_loss(
     return -(mu * log_left + (1.0 - mu) * log_right).mean()
 
 
-def bootstrap_split(n: int, generator: th.Generator | None = None) -> tuple[th.Tensor, th.Tensor]:
-    """One ensemble member's ``(training indices, held-out indices)`` of ``n`` comparisons: a random
-    ``round(n / e)`` are held out, the training set is a same-size bootstrap resample of the rest."""
-    order = th.randperm(n, generator=generator)
-    n_val = max(1, round(n / math.e)) if n >= 2 else 0  # paper Sec. 2.2.3: hold out 1/e of the data
-    pool = order[n_val:]
-    # Paper Sec. 2.2.3: each predictor is trained on comparisons sampled from D with replacement.
-    return pool[th.randint(len(pool), (len(pool),), generator=generator)], order[:n_val]
+def grow_split(
+    held_out: th.Tensor, counts: th.Tensor, n: int, generator: th.Generator | None = None
+) -> tuple[th.Tensor, th.Tensor]:
+    """One ensemble member's split of ``n`` comparisons, grown from its split of the first
+    ``len(held_out)`` (comparisons only ever arrive at the end): the old comparisons keep their place,
+    the new ones are drawn. A member keeps its weights from fit to fit, so a split drawn afresh for
+    every fit would let it train, over a run, on every comparison: its validation loss would then
+    measure nothing and the members would all fit the same data.
+
+    - held out: new comparisons are held out until ``round(n / e)`` of all ``n`` are (``n >= 2``; paper
+      Sec. 2.2.3: 1/e of the data is held out), chosen at random among the new ones;
+    - training: each other new comparison appears ``Poisson(1)`` times in the member's training set
+      (the online bootstrap of Oza and Russell 2001: in the limit, the multiplicities of a same-size
+      resample with replacement; paper Sec. 2.2.3: each predictor trains on triples sampled from D
+      with replacement).
+
+    :param held_out: ``[m]`` bool, the member's held-out comparisons so far
+    :param counts: ``[m]`` int64, their training multiplicities (0 where held out)
+    :param n: comparisons now (``>= m``)
+    :return: ``(held_out [n], counts [n])``
+    """
+    known = len(held_out)
+    if n < known or len(counts) != known:
+        raise UsageError(f"a split of {known} comparisons cannot grow to {n} ({len(counts)} counts)")
+    fresh = n - known
+    target = max(1, round(n / math.e)) if n >= 2 else 0
+    new_held = th.zeros(fresh, dtype=th.bool)
+    picks = min(max(target - int(held_out.sum()), 0), fresh)
+    new_held[th.randperm(fresh, generator=generator)[:picks]] = True
+    new_counts = th.poisson(th.ones(fresh, dtype=th.float64), generator=generator).long()
+    new_counts[new_held] = 0
+    return th.cat([held_out.cpu(), new_held]), th.cat([counts.cpu(), new_counts])
+
+
+def split_indices(held_out: th.Tensor, counts: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """``(training indices, held-out indices)`` of a split: each training comparison repeated by its
+    multiplicity."""
+    index = th.arange(len(counts))
+    return th.repeat_interleave(index, counts), index[held_out]
 
 
 def l2_penalty(net: nn.Module) -> th.Tensor:

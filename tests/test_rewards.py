@@ -5,6 +5,7 @@ known linear reward, adaptive L2, save/load, network shapes."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from typing import Any
 
@@ -302,10 +303,10 @@ def linear_comparisons(n: int, seed: int) -> Comparisons:
     return Comparisons(*(th.as_tensor(x) for x in (obs[0], actions[0], obs[1], actions[1], mu)))
 
 
-def small_ensemble(**kwargs: Any) -> RewardEnsemble:
+def small_ensemble(members: int = 3, **kwargs: Any) -> RewardEnsemble:
     box = spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
     action_space = spaces.Box(-1, 1, (ACTION_DIM,), np.float32)
-    return build_reward_ensemble(box, action_space, members=3, hidden=(32, 32), **kwargs)
+    return build_reward_ensemble(box, action_space, members=members, hidden=(32, 32), **kwargs)
 
 
 def test_members_are_normalized_independently_and_the_average_to_target_std() -> None:
@@ -384,7 +385,10 @@ def test_l2_adapts_every_few_epochs_and_after_the_last(monkeypatch: pytest.Monke
     monkeypatch.setattr(preferences_module, "evaluate_preferences", counting)
     data = linear_comparisons(40, seed=3)
     net = small_ensemble().nets[0]
-    train, val = preferences_module.bootstrap_split(data.size, th.Generator().manual_seed(0))
+    held, counts = preferences_module.grow_split(
+        th.zeros(0, dtype=th.bool), th.zeros(0, dtype=th.long), data.size, th.Generator().manual_seed(0)
+    )
+    train, val = preferences_module.split_indices(held, counts)
     optimizer = th.optim.Adam(net.parameters(), lr=1e-3)
     result = preferences_module.fit_preferences(
         net, optimizer, data, train, val, epochs=7, batch_size=16, weight_decay=1e-3, adapt_every=3
@@ -395,6 +399,75 @@ def test_l2_adapts_every_few_epochs_and_after_the_last(monkeypatch: pytest.Monke
         preferences_module.fit_preferences(
             net, optimizer, data, train, val, epochs=1, batch_size=16, weight_decay=1e-3, adapt_every=0
         )
+
+
+def test_grow_split_keeps_old_assignments_and_holds_out_one_over_e() -> None:
+    generator = th.Generator().manual_seed(0)
+    held, counts = preferences_module.grow_split(
+        th.zeros(0, dtype=th.bool), th.zeros(0, dtype=th.long), 100, generator
+    )
+    assert int(held.sum()) == round(100 / math.e)
+    assert int(counts[held].sum()) == 0  # held out: never trained on
+    grown_held, grown_counts = preferences_module.grow_split(held, counts, 130, generator)
+    assert th.equal(grown_held[:100], held) and th.equal(grown_counts[:100], counts)
+    assert int(grown_held.sum()) == round(130 / math.e)
+    assert int(grown_counts[grown_held].sum()) == 0
+    # Poisson(1) multiplicities: some comparisons drawn twice or more, some not at all
+    training = grown_counts[~grown_held]
+    assert int((training == 0).sum()) > 0 and int((training >= 2).sum()) > 0
+    train, val = preferences_module.split_indices(grown_held, grown_counts)
+    assert len(train) == int(grown_counts.sum())
+    assert set(val.tolist()) == set(th.nonzero(grown_held).flatten().tolist())
+    assert not set(train.tolist()) & set(val.tolist())
+    with pytest.raises(UsageError, match="cannot grow"):
+        preferences_module.grow_split(grown_held, grown_counts, 120, generator)
+
+
+def test_members_never_train_on_what_they_held_out_in_earlier_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The members keep their weights from fit to fit: a comparison a member held out once stays
+    held out (its validation loss stays honest), and members hold out different comparisons."""
+    import rewards.models as models_module
+
+    seen: list[tuple[set[int], set[int]]] = []
+    fit = models_module.fit_preferences
+
+    def recording(net: Any, optimizer: Any, data: Any, train: th.Tensor, val: th.Tensor, **kw: Any) -> Any:
+        seen.append((set(train.tolist()), set(val.tolist())))
+        return fit(net, optimizer, data, train, val, **kw)
+
+    monkeypatch.setattr(models_module, "fit_preferences", recording)
+    ensemble, data = small_ensemble(), linear_comparisons(60, seed=2)
+    generator = th.Generator().manual_seed(1)
+    for size in (20, 21, 40, 60):  # the loop refits on all comparisons so far, oldest first
+        ensemble.fit(data.select(th.arange(size)), epochs=1, generator=generator)
+    per_member = [seen[i :: ensemble.n_members] for i in range(ensemble.n_members)]
+    for fits in per_member:
+        trained_on = set().union(*(train for train, _ in fits))
+        assert not trained_on & fits[-1][1]  # never trained on its final validation set
+        for (_, earlier), (_, later) in itertools.pairwise(fits):
+            assert earlier <= later  # once held out, always held out
+        assert len(fits[-1][1]) == round(60 / math.e)
+    assert len({frozenset(fits[-1][1]) for fits in per_member}) == ensemble.n_members
+    # a smaller dataset is a new one: split afresh
+    ensemble.fit(data.select(th.arange(10)), epochs=1, generator=generator)
+    assert all(len(held) == 10 for held, _ in ensemble._splits)
+
+
+def test_splits_survive_save_and_load_and_old_states_still_load() -> None:
+    ensemble, data = small_ensemble(), linear_comparisons(30, seed=4)
+    ensemble.fit(data, epochs=1, generator=th.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    th.save(ensemble.state_dict(), buffer)
+    restored = small_ensemble()
+    restored.load_state_dict(th.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    for (held, counts), (held_back, counts_back) in zip(ensemble._splits, restored._splits, strict=True):
+        assert th.equal(held, held_back) and th.equal(counts, counts_back)
+    old = {key: value for key, value in ensemble.state_dict().items() if key != "_extra_state"}
+    fresh = small_ensemble()
+    fresh.load_state_dict(old)  # a checkpoint from before splits persisted
+    assert all(len(held) == 0 for held, _ in fresh._splits)
+    with pytest.raises(UsageError, match="members"):
+        small_ensemble(members=2).set_extra_state(ensemble.get_extra_state())
 
 
 def test_save_load_round_trip_gives_identical_predictions() -> None:
