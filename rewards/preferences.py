@@ -174,7 +174,8 @@ def grow_split(
     - training: each other new comparison appears ``Poisson(1)`` times in the member's training set
       (the online bootstrap of Oza and Russell 2001: in the limit, the multiplicities of a same-size
       resample with replacement; paper Sec. 2.2.3: each predictor trains on triples sampled from D
-      with replacement).
+      with replacement); should every one be drawn 0 times (a handful of comparisons), one of them is
+      used once, so a member always has something to train on.
 
     :param held_out: ``[m]`` bool, the member's held-out comparisons so far
     :param counts: ``[m]`` int64, their training multiplicities (0 where held out)
@@ -191,7 +192,11 @@ def grow_split(
     new_held[th.randperm(fresh, generator=generator)[:picks]] = True
     new_counts = th.poisson(th.ones(fresh, dtype=th.float64), generator=generator).long()
     new_counts[new_held] = 0
-    return th.cat([held_out.cpu(), new_held]), th.cat([counts.cpu(), new_counts])
+    held_out, counts = th.cat([held_out.cpu(), new_held]), th.cat([counts.cpu(), new_counts])
+    pool = th.nonzero(~held_out).flatten()
+    if len(pool) and not int(counts.sum()):  # a few comparisons, all drawn 0 times: train on one
+        counts[pool[th.randint(len(pool), (1,), generator=generator)]] = 1
+    return held_out, counts
 
 
 def split_indices(held_out: th.Tensor, counts: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
@@ -276,7 +281,9 @@ def fit_preferences(
     val_loss = val_accuracy = train_loss = math.nan
     for epoch in range(epochs):
         net.train()
-        for order in th.randperm(len(train_index), generator=generator).split(batch_size):
+        shuffled = th.randperm(len(train_index), generator=generator)
+        # An empty training set gives no batch (split would give one empty batch, whose loss is NaN).
+        for order in shuffled.split(batch_size) if len(train_index) else ():
             batch = data.select(train_index[order]).to(device)
             left, right = comparison_returns(net, batch)
             loss = preference_loss(left, right, batch.mu, random_answer_rate)

@@ -423,6 +423,35 @@ def test_grow_split_keeps_old_assignments_and_holds_out_one_over_e() -> None:
         preferences_module.grow_split(grown_held, grown_counts, 120, generator)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_a_handful_of_comparisons_still_trains_every_member(size: int) -> None:
+    """Poisson multiplicities may all be 0 for a few comparisons: one is then used once, and the fit
+    stays finite (an empty batch's mean loss would be NaN and poison the weights)."""
+    for seed in range(20):
+        held, counts = preferences_module.grow_split(
+            th.zeros(0, dtype=th.bool), th.zeros(0, dtype=th.long), size, th.Generator().manual_seed(seed)
+        )
+        assert int(counts.sum()) >= 1 and int(held.sum()) == (round(size / math.e) if size >= 2 else 0)
+    ensemble = small_ensemble()
+    before = [p.detach().clone() for p in ensemble.parameters()]
+    ensemble.fit(linear_comparisons(size, seed=1), epochs=2, generator=th.Generator().manual_seed(3))
+    after = list(ensemble.parameters())
+    assert all(th.isfinite(p).all() for p in after)
+    assert any(not th.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_an_empty_training_set_leaves_the_weights_alone() -> None:
+    net, data = small_ensemble().nets[0], linear_comparisons(4, seed=0)
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = th.optim.Adam(net.parameters(), lr=1e-3)
+    empty, validation = th.zeros(0, dtype=th.long), th.arange(4)
+    train_loss, val_loss, _, _ = preferences_module.fit_preferences(
+        net, optimizer, data, empty, validation, epochs=2, batch_size=16, weight_decay=1e-3
+    )
+    assert all(th.equal(b, a) for b, a in zip(before, net.parameters(), strict=True))
+    assert math.isnan(train_loss) and math.isfinite(val_loss)
+
+
 def test_members_never_train_on_what_they_held_out_in_earlier_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The members keep their weights from fit to fit: a comparison a member held out once stays
     held out (its validation loss stays honest), and members hold out different comparisons."""
