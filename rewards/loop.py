@@ -21,13 +21,20 @@ Differences from the paper:
   come from the untrained reward model.
 - Synthetic and simulated labelers answer at once (into the label store, like a human would); a human
   answers asynchronously and training goes on meanwhile, at most ``run_ahead`` labels ahead.
+- The paper fits the reward model asynchronously. Here a fit runs in the round by default (the agent
+  then learns from the new model at once); with ``background_fit`` it runs on a copy of the ensemble
+  in a worker thread while the agent goes on, and is applied at the next rollout end (or at a
+  checkpoint, if one comes first): one rollout later, always at the same point, so a seeded run stays
+  reproducible.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,7 +45,7 @@ from core.errors import UsageError
 from rewards.clipfiles import ClipFolder
 from rewards.clips import STRATEGIES, Clip, comparisons_from_labels, cut_clips, select_pairs
 from rewards.labelers import Labeler
-from rewards.models import RewardEnsemble
+from rewards.models import FitReport, RewardEnsemble
 from rewards.preferences import Comparisons
 from rewards.rendering import QueryPublisher
 from rewards.store import LabelStore, NewQuery
@@ -133,6 +140,8 @@ class PreferenceCallback(BaseCallback):
         (the labelers' consistency, on the stats page)
     :param gold_share: share of each round's queries with a known answer: the pair whose true returns
         differ most among a few candidates (the labelers' accuracy)
+    :param background_fit: fit on a copy of the ensemble in a worker thread while the agent trains, and
+        apply the fit at the next rollout end (a spare core hides the fitting's wall time)
     :param seed: seed of clip cutting and selection
     """
 
@@ -165,6 +174,7 @@ class PreferenceCallback(BaseCallback):
         publisher: QueryPublisher | None = None,
         repeat_share: float = 0.0,
         gold_share: float = 0.0,
+        background_fit: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -213,6 +223,10 @@ class PreferenceCallback(BaseCallback):
         self._postponed = False
         self._unfit = 0  # comparisons read since the last fit
         self.round_seconds = 0.0  # wall time of query rounds and fits
+        # background_fit: one worker thread; the fit in flight (a fitted copy of the ensemble)
+        self.background_fit = background_fit
+        self._worker: ThreadPoolExecutor | None = None  # started at the first background fit
+        self._pending: tuple[RewardEnsemble, Future[FitReport]] | None = None
 
     def _on_step(self) -> bool:
         return True
@@ -220,6 +234,10 @@ class PreferenceCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         if self.publisher is not None:
             self.publisher.check()
+        if self._pending is not None:
+            started = time.perf_counter()
+            self.finish_fit()  # the fit started at the previous rollout end
+            self.round_seconds += time.perf_counter() - started
         waited = self.num_timesteps - self._last_round_step >= self.query_every
         last = self.num_timesteps >= self.total_steps
         if self.rounds > 0 and not waited and not last:
@@ -235,7 +253,8 @@ class PreferenceCallback(BaseCallback):
             self._learn_from_new_answers()
         self.round_seconds += time.perf_counter() - started
         self._wait_for_answers()
-        # Wall time of the reward machinery (query rounds, fits, per-step predictions), waits excluded.
+        # Wall time of the reward machinery (query rounds, fits, per-step predictions), waits for labels
+        # excluded; a background fit counts only as long as the agent waits for it.
         self.logger.record("reward/seconds", self.round_seconds + self.reward_env.reward_seconds)
 
     def query_round(self, n_queries: int) -> None:
@@ -387,14 +406,44 @@ class PreferenceCallback(BaseCallback):
         self.logger.record("label/comparisons", 0 if self.comparisons is None else self.comparisons.size)
         if self._unfit == 0 or self.comparisons is None:
             return
-        report = self.ensemble.fit(
-            self.comparisons,
-            epochs=self.epochs if self.fits > 0 else self.initial_epochs,
-            batch_size=self.batch_size,
-            generator=self.generator,
-        )
-        self.fits += 1
+        self.finish_fit()  # at most one fit in flight
+        epochs = self.epochs if self.fits > 0 else self.initial_epochs
         self._unfit = 0
+        if self.background_fit:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="zoo-reward-fit")
+            # The copy learns while the agent goes on with the live ensemble (the comparisons are only
+            # ever replaced, never changed in place, so the worker may read them).
+            fitted = copy.deepcopy(self.ensemble)
+            work = self._worker.submit(fitted.fit, self.comparisons, epochs, self.batch_size, self.generator)
+            self._pending = (fitted, work)
+            return
+        report = self.ensemble.fit(
+            self.comparisons, epochs=epochs, batch_size=self.batch_size, generator=self.generator
+        )
+        self._after_fit(report)
+
+    def finish_fit(self) -> None:
+        """Wait for the fit in flight (``background_fit``), if any, and make it the live ensemble."""
+        if self._pending is None:
+            return
+        fitted, work = self._pending
+        self._pending = None
+        report = work.result()  # an error in the worker is raised here
+        self.ensemble.load_state_dict(fitted.state_dict())
+        for live, learned in zip(self.ensemble.optimizers, fitted.optimizers, strict=True):
+            live.load_state_dict(learned.state_dict())
+        self._after_fit(report)
+
+    def _on_training_end(self) -> None:
+        self.finish_fit()  # the last round's fit is part of the run
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
+
+    def _after_fit(self, report: FitReport) -> None:
+        """Center on the absorbing states, relabel an off-policy agent's replay, log the fit."""
+        self.fits += 1
         if self.absorbing_ends and self._absorbing:
             obs = np.concatenate([o for o, _ in self._absorbing])
             actions = np.concatenate([a for _, a in self._absorbing])
@@ -444,6 +493,7 @@ class PreferenceCallback(BaseCallback):
         """The loop's state for a checkpoint: counters, generators, the ensemble (weights, optimizers,
         normalization, adaptive L2) and the recent steps clips are cut from."""
         assert self.reward_env.recent is not None
+        self.finish_fit()  # a checkpoint holds the fit in flight, applied
         # Queries still being drawn are not in the store yet: a resumed run asks for them again.
         drawing = 0 if self.publisher is None else self.publisher.queued()
         return {

@@ -151,6 +151,7 @@ class PreferenceSession:
             publisher=self.publisher,
             repeat_share=settings.repeat_share,
             gold_share=settings.gold_share,
+            background_fit=settings.background_fit,
             seed=seed,
         )
 

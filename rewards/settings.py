@@ -39,6 +39,8 @@ class PreferenceSettings(BaseModel):
     :param initial_epochs: fitting epochs after the first round
     :param epochs: fitting epochs after each later round
     :param batch_size: comparisons per reward-model gradient step
+    :param background_fit: fit the reward model in a worker thread while the agent trains, applied at
+        the next rollout end (uses a spare core; the agent learns from each fit one rollout later)
     :param random_answer_rate: the preference model's chance of a uniformly random answer (paper: 0.1)
     :param recent_steps: steps per env kept to cut clips from (None: enough for two rounds)
     :param run_ahead: human labeler: training waits while more than this many asked labels are
@@ -84,6 +86,7 @@ class PreferenceSettings(BaseModel):
     initial_epochs: int = Field(50, gt=0)
     epochs: int = Field(5, gt=0)
     batch_size: int = Field(64, gt=0)
+    background_fit: bool = False
     random_answer_rate: float = Field(0.1, ge=0.0, lt=1.0)
     recent_steps: int | None = Field(None, gt=0)
     run_ahead: int | None = Field(None, ge=0)

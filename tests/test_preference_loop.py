@@ -76,3 +76,65 @@ def test_synthetic_run_learns_a_reward_that_correlates_with_the_true_one(tmp_pat
     predicted = ensemble.predict(observations, actions).numpy()
     assert pearson(predicted, recent.rewards.reshape(-1)) > 0.4
     assert loop.true_return_correlation() > 0.3
+
+
+Seen = list[tuple[int, int]]
+
+
+def _background_run(tmp_path, seed: int = 0) -> tuple[PreferenceCallback, LearnedRewardVecEnv, Seen]:
+    """A short oracle run with ``background_fit``; returns the loop, its env and (rounds, fits) seen
+    just before each rollout end's work."""
+    tmp_path.mkdir(exist_ok=True)
+    th.manual_seed(seed)
+    base = VecMonitor(DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+    base.seed(seed)
+    ensemble = build_reward_ensemble(base.observation_space, base.action_space, members=3)
+    env = LearnedRewardVecEnv(base, ensemble_reward_function(ensemble), recent_steps=1024)
+    loop = PreferenceCallback(
+        env, ensemble, OracleLabeler(), store=LabelStore.for_run(tmp_path), clips=ClipFolder(tmp_path),
+        budget=120, total_steps=2048, clip_length=20, query_every=512, initial_epochs=50, epochs=30,
+        background_fit=True, seed=seed,
+    )  # fmt: skip
+    seen: Seen = []
+    rollout_end = loop._on_rollout_end
+
+    def recording() -> None:
+        seen.append((loop.rounds, loop.fits))
+        rollout_end()
+
+    loop._on_rollout_end = recording  # type: ignore[method-assign]
+    model = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=2, seed=seed, device="cpu")
+    model.learn(2048, callback=loop)
+    return loop, env, seen
+
+
+def test_background_fit_applies_each_fit_one_rollout_later_and_loses_none(tmp_path) -> None:
+    loop, env, seen = _background_run(tmp_path / "a")
+    # A round at one rollout end has its fit applied at the next: fits trail rounds by one there.
+    assert seen[1] == (1, 0) and seen[2] == (1, 1)
+    assert loop.fits == loop.rounds and loop._pending is None  # the last round's fit too
+    assert loop.asked == 120
+    recent = env.recent
+    assert recent is not None
+    observations = recent.observations.reshape(-1, *env.observation_space.shape)
+    actions = recent.actions.reshape(-1, *env.action_space.shape)
+    predicted = loop.ensemble.predict(observations, actions).numpy()
+    assert pearson(predicted, recent.rewards.reshape(-1)) > 0.4
+    # Reproducible: the same seed gives the same reward model.
+    again, _, seen_again = _background_run(tmp_path / "b")
+    assert seen_again == seen
+    assert th.equal(
+        again.ensemble.predict(observations, actions), loop.ensemble.predict(observations, actions)
+    )
+
+
+def test_a_checkpoint_holds_the_background_fit_in_flight(tmp_path) -> None:
+    loop, _, _ = _background_run(tmp_path)
+    assert loop.comparisons is not None
+    loop._unfit = 1  # as if an answer had arrived: a fit goes to the worker
+    before = loop.fits
+    loop._learn_from_new_answers()
+    assert loop._pending is not None and loop.fits == before
+    state = loop.state_dict()
+    assert loop._pending is None and loop.fits == before + 1
+    assert state["counters"]["fits"] == before + 1
