@@ -2,25 +2,44 @@
 
 Each repeat trains, one after the other and single-threaded, ``zoo train ppo`` on the true reward and
 ``zoo train pref`` (PPO on the learned reward, synthetic labels) for the same env steps, in the same env
-(the preference run's: no termination, no control cost on Hopper). The label budget follows the
-learning benchmark's schedule scaled to the run's length (``--labels-per-step``: 700 labels per 250k
-steps by default). Reported: the median over repeats of the pref run's wall time over PPO's, and of
-the time the run itself logs in ``reward/seconds`` (query rounds, fits, per-step predictions) as a
-share of its wall time. Periodic evaluation is off in both, so only training is timed.
+(the preference run's: no termination, no control cost on Hopper); with ``--background``, also
+``zoo train pref --set preference.background_fit=true`` (fits in a worker thread). The label budget
+follows the learning benchmark's schedule scaled to the run's length (``--labels-per-step``: 700 labels
+per 250k steps by default). Reported: the median over repeats of each pref run's wall time over PPO's,
+of its CPU time (user + system, all threads) over PPO's, and of the time the run itself logs in
+``reward/seconds`` (query rounds, fits or the waits for them, per-step predictions) as a share of its
+wall time. Periodic evaluation is off in all, so only training is timed.
 
-    python benchmarks/pref_overhead.py --steps 100000 --repeats 3
+    python benchmarks/pref_overhead.py --steps 100000 --repeats 3 --background
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
-from pref_mujoco import last_logged, zoo  # the sibling script: same runner and log reader
+from pref_mujoco import last_logged  # the sibling script's log reader
+
+
+def zoo(*args: str) -> tuple[float, float]:
+    """Run one ``zoo`` command single-threaded; returns its (wall, CPU) seconds."""
+    command = [str(Path(sys.executable).with_name("zoo")), *args]
+    print("$", " ".join(command), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -32,6 +51,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--labels-per-step", type=float, default=700 / 250_000)
     parser.add_argument("--work", type=Path, default=Path("benchmarks/out/pref_overhead"))
+    parser.add_argument(
+        "--background", action="store_true", help="also time pref with preference.background_fit=true"
+    )
     options = parser.parse_args()
     from zoo.config import resolve
 
@@ -43,45 +65,55 @@ def main() -> None:
     overlay.write_text(yaml.safe_dump({"agents": {"ppo": {options.env: {"env": env_options}}}}))
     labels = max(1, round(options.labels_per_step * options.steps))
     common = ["--env", options.env, "--steps", str(options.steps), "--eval-every", "0", "--quiet"]
-    ratios, shares, records = [], [], []
+    variants: dict[str, list[str]] = {"pref": []}  # learner -> extra arguments of its zoo train
+    if options.background:
+        variants["pref_background"] = ["--set", "preference.background_fit=true"]
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in variants}
+    shares: dict[str, list[float]] = {name: [] for name in variants}
+    records = []
     for repeat in range(options.repeats):
-        ppo_run, pref_run = work / f"ppo-{repeat}", work / f"pref-{repeat}"
-        ppo = zoo(
-            "train",
-            "ppo",
-            "--config",
-            str(overlay),
-            *common,
-            "--seed",
-            str(repeat),
-            "--run-dir",
-            str(ppo_run),
-        )
         seed = ["--seed", str(repeat)]
-        pref = zoo("train", "pref", "--labels", str(labels), *common, *seed, "--run-dir", str(pref_run))
-        machinery = last_logged(pref_run, "reward/seconds")
-        ratios.append(pref / ppo - 1.0)
-        shares.append(machinery / pref)
-        records.append({"ppo_seconds": ppo, "pref_seconds": pref, "reward_seconds": machinery})
-        print(
-            f"repeat {repeat}: ppo {ppo:.1f} s, pref {pref:.1f} s, reward machinery {machinery:.1f} s",
-            flush=True,
+        ppo_run = work / f"ppo-{repeat}"
+        ppo, ppo_cpu = zoo(
+            "train", "ppo", "--config", str(overlay), *common, *seed, "--run-dir", str(ppo_run)
         )
+        record = {"ppo_seconds": ppo, "ppo_cpu_seconds": ppo_cpu}
+        line = f"repeat {repeat}: ppo {ppo:.1f} s (cpu {ppo_cpu:.1f} s)"
+        for name, extra in variants.items():
+            run = work / f"{name}-{repeat}"
+            labels_args = ["--labels", str(labels)]
+            wall, cpu = zoo("train", "pref", *labels_args, *extra, *common, *seed, "--run-dir", str(run))
+            machinery = last_logged(run, "reward/seconds") or float("nan")
+            ratios[name].append(wall / ppo - 1.0)
+            cpu_ratios[name].append(cpu / ppo_cpu - 1.0)
+            shares[name].append(machinery / wall)
+            record |= {
+                f"{name}_seconds": wall,
+                f"{name}_cpu_seconds": cpu,
+                f"{name}_reward_seconds": machinery,
+            }
+            line += f", {name} {wall:.1f} s (cpu {cpu:.1f} s, reward machinery {machinery:.1f} s)"
+        records.append(record)
+        print(line, flush=True)
     summary = {
         "env": options.env,
         "steps": options.steps,
         "labels": labels,
         "repeats": records,
-        "median_wall_overhead": statistics.median(ratios),
-        "median_reward_share": statistics.median(shares),
+        **{f"{name}_median_wall_overhead": statistics.median(ratios[name]) for name in variants},
+        **{f"{name}_median_cpu_overhead": statistics.median(cpu_ratios[name]) for name in variants},
+        **{f"{name}_median_reward_share": statistics.median(shares[name]) for name in variants},
     }
     (work / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    per_repeat = ", ".join(f"{r:+.1%}" for r in ratios)
-    print(
-        f"{options.env}, {options.steps} steps, {labels} labels, {options.repeats} repeats: pref wall time "
-        f"over PPO's {statistics.median(ratios):+.1%} (median; per repeat {per_repeat}); reward machinery "
-        f"{statistics.median(shares):.1%} of the pref run's wall time (median)"
-    )
+    for name in variants:
+        per_repeat = ", ".join(f"{r:+.1%}" for r in ratios[name])
+        print(
+            f"{options.env}, {options.steps} steps, {labels} labels, {options.repeats} repeats, {name}: wall "
+            f"time over PPO's {statistics.median(ratios[name]):+.1%} (median; per repeat {per_repeat}), CPU "
+            f"time {statistics.median(cpu_ratios[name]):+.1%}; reward machinery "
+            f"{statistics.median(shares[name]):.1%} of the run's wall time (median)"
+        )
 
 
 if __name__ == "__main__":
