@@ -1,14 +1,16 @@
 """Cost of the preference-reward machinery against plain PPO, side by side on one machine.
 
-Each repeat trains, one after the other and single-threaded, ``zoo train ppo`` on the true reward and
-``zoo train pref`` (PPO on the learned reward, synthetic labels) for the same env steps, in the same env
-(the preference run's: no termination, no control cost on Hopper); with ``--background``, also
-``zoo train pref --set preference.background_fit=true`` (fits in a worker thread). The label budget
-follows the learning benchmark's schedule scaled to the run's length (``--labels-per-step``: 700 labels
-per 250k steps by default). Reported: the median over repeats of each pref run's wall time over PPO's,
-of its CPU time (user + system, all threads) over PPO's, and of the time the run itself logs in
-``reward/seconds`` (query rounds, fits or the waits for them, per-step predictions) as a share of its
-wall time. Periodic evaluation is off in all, so only training is timed.
+Each repeat trains, one after the other (in an order that rotates from repeat to repeat) and
+single-threaded, ``zoo train ppo`` on the true reward and ``zoo train pref`` (PPO on the learned
+reward, synthetic labels) for the same env steps, in the same env (the preference run's: no
+termination, no control cost on Hopper); with ``--background``, also ``zoo train pref --set
+preference.background_fit=true`` (fits in a worker thread). The label budget follows the learning
+benchmark's schedule scaled to the run's length (``--labels-per-step``: 700 labels per 250k steps by
+default). Reported: the median over repeats of each pref run's wall time over PPO's, of its CPU time
+(user + system, all threads) over PPO's, and of the time the run itself logs in ``reward/seconds``
+(query rounds, fits or the waits for them, per-step predictions) as a share of its wall time.
+Periodic evaluation is off in all, so only training is timed. A ``--work`` folder of an earlier
+invocation is replaced; any other non-empty folder is refused.
 
     python benchmarks/pref_overhead.py --steps 100000 --repeats 3 --background
 """
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import yaml
 from pref_mujoco import last_logged  # the sibling script's log reader
+
+MARKER = ".pref_overhead"  # marks a --work folder as this script's, so a rerun may replace it
 
 
 def zoo(*args: str) -> tuple[float, float]:
@@ -58,8 +62,14 @@ def main() -> None:
     from zoo.config import resolve
 
     work: Path = options.work
-    shutil.rmtree(work, ignore_errors=True)
+    marker = work / MARKER
+    if work.exists() and any(work.iterdir()) and not marker.exists():
+        sys.exit(
+            f"pref_overhead.py: --work {work} holds files this script did not write; name another folder"
+        )
+    shutil.rmtree(work, ignore_errors=True)  # an earlier invocation's runs: timed afresh
     work.mkdir(parents=True)
+    marker.write_text("written by benchmarks/pref_overhead.py; its next invocation replaces this folder\n")
     env_options = resolve("ppo", options.env, preference={}).env_options
     overlay = work / "ppo-env.yaml"
     overlay.write_text(yaml.safe_dump({"agents": {"ppo": {options.env: {"env": env_options}}}}))
@@ -72,19 +82,26 @@ def main() -> None:
     cpu_ratios: dict[str, list[float]] = {name: [] for name in variants}
     shares: dict[str, list[float]] = {name: [] for name in variants}
     records = []
+    learners = ["ppo", *variants]
     for repeat in range(options.repeats):
         seed = ["--seed", str(repeat)]
-        ppo_run = work / f"ppo-{repeat}"
-        ppo, ppo_cpu = zoo(
-            "train", "ppo", "--config", str(overlay), *common, *seed, "--run-dir", str(ppo_run)
-        )
-        record = {"ppo_seconds": ppo, "ppo_cpu_seconds": ppo_cpu}
-        line = f"repeat {repeat}: ppo {ppo:.1f} s (cpu {ppo_cpu:.1f} s)"
-        for name, extra in variants.items():
+        # the order rotates from repeat to repeat, so a drift of the machine's speed over an invocation
+        # does not always favour the same learner
+        order = learners[repeat % len(learners) :] + learners[: repeat % len(learners)]
+        timed: dict[str, tuple[float, float]] = {}
+        for name in order:
             run = work / f"{name}-{repeat}"
-            labels_args = ["--labels", str(labels)]
-            wall, cpu = zoo("train", "pref", *labels_args, *extra, *common, *seed, "--run-dir", str(run))
-            machinery = last_logged(run, "reward/seconds") or float("nan")
+            if name == "ppo":
+                args = ["train", "ppo", "--config", str(overlay)]
+            else:
+                args = ["train", "pref", "--labels", str(labels), *variants[name]]
+            timed[name] = zoo(*args, *common, *seed, "--run-dir", str(run))
+        ppo, ppo_cpu = timed["ppo"]
+        record = {"order": order, "ppo_seconds": ppo, "ppo_cpu_seconds": ppo_cpu}
+        line = f"repeat {repeat}: ppo {ppo:.1f} s (cpu {ppo_cpu:.1f} s)"
+        for name in variants:
+            wall, cpu = timed[name]
+            machinery = last_logged(work / f"{name}-{repeat}", "reward/seconds") or float("nan")
             ratios[name].append(wall / ppo - 1.0)
             cpu_ratios[name].append(cpu / ppo_cpu - 1.0)
             shares[name].append(machinery / wall)
