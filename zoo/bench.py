@@ -151,7 +151,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 # Scripts under benchmarks/ that `zoo bench` does not run, and why (shown by --list and --help).
 NOT_RUN: Mapping[str, str] = {
     "brac_hopper": "needs --behavior, a partially trained SAC run to collect the dataset with",
-    "pref_diagnose": "needs --run, a finished preference run whose learned reward scores the policies",
+    "pref_diagnose": "needs --reward-run, a finished preference run whose learned reward scores --policies",
     "pref_mujoco": "hours on 2 CPU cores: PPO and preference runs on InvertedPendulum and Hopper, 3 seeds",
 }
 
