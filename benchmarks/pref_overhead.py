@@ -4,7 +4,12 @@ Each repeat trains, one after the other (in an order that rotates from repeat to
 single-threaded, ``zoo train ppo`` on the true reward and ``zoo train pref`` (PPO on the learned
 reward, synthetic labels) for the same env steps, in the same env (the preference run's: no
 termination, no control cost on Hopper); with ``--background``, also ``zoo train pref --set
-preference.background_fit=true`` (fits in a worker thread). The label budget follows the learning
+preference.background_fit=true`` (fits in a worker thread); with ``--control``, also ``zoo train pref
+--set preference.agent_reward=env``: the whole loop runs (queries, labels, fits, per-step predictions)
+while PPO learns from the env's reward, so it behaves exactly as the plain PPO run of the same seed and
+the difference in wall time is the machinery's alone (a learned-reward run also differs from PPO in
+what the agent does, and MuJoCo's step time depends on it: a hopper lying on the floor has more
+contacts to solve than one hopping). The label budget follows the learning
 benchmark's schedule scaled to the run's length (``--labels-per-step``: 700 labels per 250k steps by
 default). Reported: the median over repeats of each pref run's wall time over PPO's, of its CPU time
 (user + system, all threads) over PPO's, and of the time the run itself logs in ``reward/seconds``
@@ -12,7 +17,7 @@ default). Reported: the median over repeats of each pref run's wall time over PP
 Periodic evaluation is off in all, so only training is timed. A ``--work`` folder of an earlier
 invocation is replaced; any other non-empty folder is refused.
 
-    python benchmarks/pref_overhead.py --steps 100000 --repeats 3 --background
+    python benchmarks/pref_overhead.py --steps 100000 --repeats 4 --control
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def main() -> None:
     parser.add_argument(
         "--background", action="store_true", help="also time pref with preference.background_fit=true"
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also time pref with preference.agent_reward=env (the machinery's cost, behavior unchanged)",
+    )
     options = parser.parse_args()
     from zoo.config import resolve
 
@@ -78,6 +88,8 @@ def main() -> None:
     variants: dict[str, list[str]] = {"pref": []}  # learner -> extra arguments of its zoo train
     if options.background:
         variants["pref_background"] = ["--set", "preference.background_fit=true"]
+    if options.control:
+        variants["pref_control"] = ["--set", "preference.agent_reward=env"]
     ratios: dict[str, list[float]] = {name: [] for name in variants}
     cpu_ratios: dict[str, list[float]] = {name: [] for name in variants}
     shares: dict[str, list[float]] = {name: [] for name in variants}

@@ -110,7 +110,12 @@ class PreferenceSession:
                 device
             )
         recent = settings.recent_steps or default_recent_steps(settings, env.num_envs)
-        self.env = LearnedRewardVecEnv(env, ensemble_reward_function(self.ensemble), recent_steps=recent)
+        self.env = LearnedRewardVecEnv(
+            env,
+            ensemble_reward_function(self.ensemble),
+            recent_steps=recent,
+            agent_reward=settings.agent_reward,
+        )
         self.store = open_store(settings, run_dir)
         self.publisher: QueryPublisher | None = None
         if settings.draws_videos:

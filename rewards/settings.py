@@ -41,6 +41,12 @@ class PreferenceSettings(BaseModel):
     :param batch_size: comparisons per reward-model gradient step
     :param background_fit: fit the reward model in a worker thread while the agent trains, applied at
         the next rollout end (uses a spare core; the agent learns from each fit one rollout later)
+    :param agent_reward: what the agent learns from: ``learned`` (the reward model's prediction) or
+        ``env`` (a control run: the env's own reward, while the whole loop still runs - queries,
+        labels, fits, per-step predictions; the agent then behaves exactly as a plain run of the same
+        seed, so the run's extra wall time is the machinery's cost alone, and the logged validation
+        accuracy and return correlation show how well the reward model learns a true-reward
+        learner's behavior)
     :param random_answer_rate: the preference model's chance of a uniformly random answer (paper: 0.1)
     :param recent_steps: steps per env kept to cut clips from (None: enough for two rounds)
     :param run_ahead: human labeler: training waits while more than this many asked labels are
@@ -87,6 +93,7 @@ class PreferenceSettings(BaseModel):
     epochs: int = Field(5, gt=0)
     batch_size: int = Field(64, gt=0)
     background_fit: bool = False
+    agent_reward: Literal["learned", "env"] = "learned"
     random_answer_rate: float = Field(0.1, ge=0.0, lt=1.0)
     recent_steps: int | None = Field(None, gt=0)
     run_ahead: int | None = Field(None, ge=0)

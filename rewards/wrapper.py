@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from core.errors import UsageError
 from rewards.clips import Trajectory, split_episodes
 
+AGENT_REWARDS = ("learned", "env")
 RewardFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(observations [n, ...], actions [n, ...]) -> rewards [n]`` (float32)."""
 
@@ -80,11 +81,12 @@ class RecentSteps:
         episode at this step; ``terminal_observations`` maps an env whose episode the env TERMINATED
         at this step to the observation after it; ``render_states`` ``[n_envs, D]`` draw the step
         (kept only when given from the first step on)."""
-        for env, terminal in (terminal_observations or {}).items():
-            self.terminal[int(self._episode[env])] = np.array(terminal)
-        if len(self.terminal) > 4 * self.n_envs + self.capacity // 8:
-            kept = set(np.unique(self.episode_ids).tolist()) | set(self._episode.tolist())
-            self.terminal = {k: v for k, v in self.terminal.items() if k in kept}
+        if terminal_observations:
+            for env, terminal in terminal_observations.items():
+                self.terminal[int(self._episode[env])] = np.array(terminal)
+            if len(self.terminal) > 4 * self.n_envs + self.capacity // 8:
+                kept = set(np.unique(self.episode_ids).tolist()) | set(self._episode.tolist())
+                self.terminal = {k: v for k, v in self.terminal.items() if k in kept}
         slot = self.added % self.capacity
         self.observations[:, slot] = observations
         self.actions[:, slot] = np.asarray(actions).reshape(self.actions.shape[:1] + self.actions.shape[2:])
@@ -100,8 +102,9 @@ class RecentSteps:
         self.added += 1
         self._step_in_episode += 1
         ended = np.asarray(dones, dtype=bool)
-        self._episode[ended] += self.n_envs
-        self._step_in_episode[ended] = 0
+        if ended.any():
+            self._episode[ended] += self.n_envs
+            self._step_in_episode[ended] = 0
 
     def end_episodes(self) -> None:
         """Close every env's episode at its newest stored step (the env was reset outside ``add``)."""
@@ -179,11 +182,18 @@ class LearnedRewardVecEnv(VecEnvWrapper):
     :param venv: the env (its monitor reports true episode returns)
     :param reward_fn: the learned reward, batched over envs (see :data:`RewardFunction`)
     :param recent_steps: steps per env kept for cutting clips (0: record nothing)
+    :param agent_reward: ``learned`` returns the prediction; ``env`` returns the env's reward while
+        still predicting (a control run: the machinery's cost with the agent's behavior unchanged)
     """
 
-    def __init__(self, venv: VecEnv, reward_fn: RewardFunction, recent_steps: int = 0) -> None:
+    def __init__(
+        self, venv: VecEnv, reward_fn: RewardFunction, recent_steps: int = 0, agent_reward: str = "learned"
+    ) -> None:
         super().__init__(venv)
+        if agent_reward not in AGENT_REWARDS:
+            raise UsageError(f"agent_reward must be one of {', '.join(AGENT_REWARDS)}; got {agent_reward!r}")
         self.reward_fn = reward_fn
+        self.agent_reward = agent_reward
         self.reward_seconds = 0.0  # wall time spent predicting rewards
         self._last_obs: np.ndarray | None = None
         self._actions: np.ndarray | None = None
@@ -225,18 +235,25 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         for info, true_reward in zip(infos, true_rewards, strict=True):
             info["true_reward"] = float(true_reward)
         if self.recent is not None:
-            terminal = {
-                env: info["terminal_observation"]
-                for env, (done, info) in enumerate(zip(dones, infos, strict=True))
-                if done and "terminal_observation" in info and not info.get("TimeLimit.truncated", False)
-            }
-            states = [info["render_state"] for info in infos if info.get("render_state") is not None]
-            render_states = np.stack(states) if states and len(states) == len(infos) else None
+            # (checked first: most steps end no episode and draw nothing, and this runs every step)
+            terminal = None
+            if dones.any():
+                terminal = {
+                    env: info["terminal_observation"]
+                    for env, (done, info) in enumerate(zip(dones, infos, strict=True))
+                    if done and "terminal_observation" in info and not info.get("TimeLimit.truncated", False)
+                }
+            render_states = None
+            if infos and infos[0].get("render_state") is not None:
+                states = [info["render_state"] for info in infos if info.get("render_state") is not None]
+                render_states = np.stack(states) if len(states) == len(infos) else None
             self.recent.add(
                 acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones, terminal, render_states
             )
         # After an episode end the VecEnv has reset: ``obs`` is the next episode's first observation.
         self._last_obs = np.asarray(obs)
+        if self.agent_reward == "env":
+            return obs, np.asarray(true_rewards, dtype=np.float32), dones, infos
         return obs, rewards, dones, infos
 
 

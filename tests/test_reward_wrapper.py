@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
+from core.errors import UsageError
 from rewards.clips import cut_clips
 from rewards.wrapper import LearnedRewardVecEnv, RecentSteps
 
@@ -37,6 +39,25 @@ def test_rewards_come_from_the_observation_acted_in_and_the_action() -> None:
     # The monitor under the wrapper reports TRUE returns (CartPole: return == length).
     assert episodes and all(e["r"] == e["l"] for e in episodes)
     assert true_total == 400.0
+
+
+def test_a_control_run_returns_the_env_reward_but_still_predicts_and_records() -> None:
+    calls = []
+
+    def counted(observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        calls.append(len(observations))
+        return fake_reward(observations, actions)
+
+    env = LearnedRewardVecEnv(cartpole(), counted, recent_steps=50, agent_reward="env")
+    env.reset()
+    for _ in range(30):
+        _, rewards, _, infos = env.step(np.array([0, 1]))
+        np.testing.assert_array_equal(rewards, [info["true_reward"] for info in infos])
+        assert rewards.dtype == np.float32
+    assert calls == [2] * 30  # the prediction's cost is paid every step, as in a learned-reward run
+    assert env.recent is not None and env.recent.added == 30
+    with pytest.raises(UsageError, match="agent_reward must be one of learned, env"):
+        LearnedRewardVecEnv(cartpole(), counted, agent_reward="true")
 
 
 def test_recent_steps_keep_episodes_apart_across_the_ring() -> None:
