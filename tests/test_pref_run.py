@@ -450,8 +450,8 @@ def test_a_human_pref_run_serves_its_labeling_page_and_learns_from_its_answers(t
         while process.poll() is None and time.monotonic() < deadline:
             try:
                 query = client.get("/api/next").json()["query"]
-            except httpx.ConnectError:  # training finished and stopped serving; the process is exiting
-                break
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                break  # training finished and stopped serving (mid-request: a reset); the process exits
             if query is None:
                 time.sleep(0.1)
                 continue
