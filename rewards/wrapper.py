@@ -232,6 +232,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         started = time.perf_counter()
         rewards = np.asarray(self.reward_fn(acted_in, actions), dtype=np.float32).reshape(self.num_envs)
         self.reward_seconds += time.perf_counter() - started
+        true_rewards = np.asarray(true_rewards, dtype=np.float32)
         for info, true_reward in zip(infos, true_rewards, strict=True):
             info["true_reward"] = float(true_reward)
         if self.recent is not None:
@@ -247,14 +248,10 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             if infos and infos[0].get("render_state") is not None:
                 states = [info["render_state"] for info in infos if info.get("render_state") is not None]
                 render_states = np.stack(states) if len(states) == len(infos) else None
-            self.recent.add(
-                acted_in, actions, np.asarray(true_rewards, dtype=np.float32), dones, terminal, render_states
-            )
+            self.recent.add(acted_in, actions, true_rewards, dones, terminal, render_states)
         # After an episode end the VecEnv has reset: ``obs`` is the next episode's first observation.
         self._last_obs = np.asarray(obs)
-        if self.agent_reward == "env":
-            return obs, np.asarray(true_rewards, dtype=np.float32), dones, infos
-        return obs, rewards, dones, infos
+        return obs, true_rewards if self.agent_reward == "env" else rewards, dones, infos
 
 
 def relabel_replay(model: Any, reward_fn: Callable[[Any, Any], Any], chunk_size: int = 1024) -> int:
